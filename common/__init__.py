@@ -1,0 +1,31 @@
+"""Shared building blocks of the paired-synthesis bundles.
+
+Submodules load on first attribute access, so a bundle config needs only ``"$import common"`` and can then say
+``common.data.load_dataset(...)`` (MONAI's config ``imports`` bind ``import a.b`` under the name ``a.b``, not ``a``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = [
+    "checkpoints",
+    "data",
+    "errors",
+    "generation",
+    "handlers",
+    "paired_model",
+    "provenance",
+    "sampling",
+    "schedulers",
+    "training",
+    "transforms",
+    "writers",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,38 @@
+"""Safe, explicit checkpoint loading for inference and fine-tuning."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from common.errors import InputError
+
+__all__ = ["load_weights"]
+
+
+def load_weights(network: nn.Module, path: str, key: str = "network", strict: bool = True) -> nn.Module:
+    """Load ``path`` into ``network`` with ``weights_only=True`` (no pickled code runs).
+
+    Accepts a bare state dict (what MONAI's ``CheckpointSaver`` writes for a single object, e.g. ``model.pt``) or a
+    dict of several objects (a full training checkpoint), from which ``key`` is taken. Raises :class:`InputError`
+    naming the file when it is missing, unreadable, or made for another network.
+    """
+    if not os.path.isfile(path):
+        raise InputError(f"checkpoint '{path}' does not exist; train the model first or set 'ckpt_path'.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt/truncated file or a pickle that is not plain weights
+        raise InputError(f"checkpoint '{path}' could not be read as plain weights ({type(exc).__name__}).") from exc
+    if not isinstance(state, Mapping):
+        raise InputError(f"checkpoint '{path}' does not hold a state dict.")
+    if key in state and isinstance(state[key], Mapping):
+        state = state[key]
+    try:
+        network.load_state_dict(state, strict=strict)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"checkpoint '{path}' does not match the configured network ({first}).") from exc
+    return network

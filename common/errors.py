@@ -1,0 +1,51 @@
+"""User-facing errors: one sentence naming the file or key, a non-zero exit, no traceback.
+
+Bundle configs are evaluated by MONAI's ConfigParser, which wraps every exception in ``RuntimeError("Failed to
+evaluate ...")``. A user who passed a wrong path should not have to dig through that chain, so bundles call
+:func:`install_excepthook` in their ``initialize`` section: an uncaught :class:`InputError` anywhere in the cause chain
+is printed as a single ``error: ...`` line and the process exits with status 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import TracebackType
+
+__all__ = ["InputError", "find_input_error", "install_excepthook", "EXIT_INPUT_ERROR"]
+
+EXIT_INPUT_ERROR = 2
+
+
+class InputError(ValueError):
+    """Bad user input (path, file content or config value). ``str(err)`` is one sentence naming the culprit."""
+
+
+def find_input_error(exc: BaseException | None) -> InputError | None:
+    """Return the first :class:`InputError` in ``exc``'s cause/context chain, if any."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, InputError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _hook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    user_error = find_input_error(exc)
+    if user_error is None:
+        sys.__excepthook__(exc_type, exc, tb)
+        return
+    sys.stderr.write(f"error: {user_error}\n")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # excepthook cannot choose the exit status; leave now with the documented one.
+    import os
+
+    os._exit(EXIT_INPUT_ERROR)
+
+
+def install_excepthook() -> bool:
+    """Make uncaught :class:`InputError` s print one line and exit with status 2. Returns True (usable in configs)."""
+    sys.excepthook = _hook
+    return True

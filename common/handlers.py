@@ -1,0 +1,155 @@
+"""Ignite handlers shared by the bundles' training configs.
+
+* :class:`TrainingCheckpointer` wraps MONAI's ``CheckpointSaver``/``CheckpointLoader`` around the engine it is attached
+  to, so a config can checkpoint and resume the trainer's own state (iteration, optimizer) without the circular
+  reference ``trainer -> handlers -> trainer``.
+* :class:`LossHistoryHandler` keeps a CSV of the loss per iteration with wall-clock time (loss curves for the notes).
+* :class:`PairPreviewHandler` samples a few pairs every few epochs and saves a preview grid: the "validation samples"
+  of a generator, which a person can look at while it trains.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import logging
+import os
+import re
+import time
+from typing import Any, Callable
+
+import torch
+from ignite.engine import Engine, Events
+from monai.handlers import CheckpointLoader, CheckpointSaver
+
+from common.generation import pair_noise
+from common.transforms import decode_mask, mask_channels
+from common.writers import save_preview_grid
+
+__all__ = ["TrainingCheckpointer", "LossHistoryHandler", "PairPreviewHandler", "latest_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+
+def latest_checkpoint(ckpt_dir: str, prefix: str = "checkpoint") -> str | None:
+    """Path of the checkpoint with the highest epoch (``<prefix>_epoch=N.pt``) in ``ckpt_dir``, or None."""
+    best, best_epoch = None, -1
+    for path in glob.glob(os.path.join(ckpt_dir, f"{prefix}_*.pt")):
+        match = re.search(r"=(\d+)\.pt$", path)
+        if match and int(match.group(1)) > best_epoch:
+            best, best_epoch = path, int(match.group(1))
+    return best
+
+
+class TrainingCheckpointer:
+    """Save network + optimizer + trainer state (+ ``extra``, e.g. the EMA weights) every ``save_interval`` epochs,
+    keeping the last; save ``final_model`` (default: the trained network; pass the EMA copy to ship EMA weights) alone
+    as ``final_filename`` when training completes; resume from the last full checkpoint when ``resume`` and one exists.
+    """
+
+    def __init__(
+        self, ckpt_dir: str, network: torch.nn.Module, optimizer: torch.optim.Optimizer, save_interval: int = 1,
+        resume: bool = True, final_filename: str = "model.pt", final_model: torch.nn.Module | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        self.ckpt_dir = ckpt_dir
+        self.network = network
+        self.optimizer = optimizer
+        self.save_interval = save_interval
+        self.resume = resume
+        self.final_filename = final_filename
+        self.final_model = final_model
+        self.extra = extra or {}
+
+    def attach(self, engine: Engine) -> None:
+        # MONAI engines attach handlers before they set engine.network, hence network/optimizer as arguments
+        state = {"network": self.network, "optimizer": self.optimizer, "trainer": engine, **self.extra}
+        previous = latest_checkpoint(self.ckpt_dir) if self.resume else None
+        if previous is not None:
+            logger.info("resuming from %s", previous)
+            CheckpointLoader(load_path=previous, load_dict=state, map_location=str(engine.state.device)).attach(engine)
+        CheckpointSaver(
+            save_dir=self.ckpt_dir, save_dict=state, save_interval=self.save_interval, n_saved=1,
+            file_prefix="",
+        ).attach(engine)
+        CheckpointSaver(
+            save_dir=self.ckpt_dir, save_dict={"network": self.final_model or self.network}, save_final=True,
+            save_interval=0, final_filename=self.final_filename,
+        ).attach(engine)
+
+
+class LossHistoryHandler:
+    """Append ``iteration,epoch,loss,seconds`` per iteration to a CSV (flushed every epoch; appends on resume)."""
+
+    def __init__(self, path: str, output_transform: Callable[[Any], float] | None = None) -> None:
+        self.path = path
+        self.output_transform = output_transform or (lambda out: out[0]["loss"] if isinstance(out, list) else out["loss"])
+        self._rows: list[tuple] = []
+        self._start = time.perf_counter()
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._record)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._flush)
+
+    def _record(self, engine: Engine) -> None:
+        loss = self.output_transform(engine.state.output)
+        loss = float(loss.item() if torch.is_tensor(loss) else loss)
+        self._rows.append((engine.state.iteration, engine.state.epoch, f"{loss:.6f}", f"{time.perf_counter() - self._start:.2f}"))
+
+    def _flush(self, engine: Engine) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        new_file = not os.path.exists(self.path)
+        with open(self.path, "a", newline="") as f:
+            writer = csv.writer(f)
+            if new_file:
+                writer.writerow(("iteration", "epoch", "loss", "seconds"))
+            writer.writerows(self._rows)
+        self._rows.clear()
+
+
+class PairPreviewHandler:
+    """Every ``interval`` epochs, sample ``num_pairs`` fixed-seed pairs with ``model`` (the network being trained, or
+    its EMA copy to see what will ship) and save a preview grid."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        sampler: Callable,
+        path_pattern: str,
+        image_size: int = 64,
+        num_classes: int = 2,
+        image_channels: int = 1,
+        num_pairs: int = 8,
+        interval: int = 1,
+        seed: int = 0,
+    ) -> None:
+        self.sampler = sampler
+        self.model = model
+        self.path_pattern = path_pattern
+        self.size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        self.num_classes = num_classes
+        self.image_channels = image_channels
+        self.num_pairs = num_pairs
+        self.interval = interval
+        self.seed = seed
+
+    def attach(self, engine: Engine) -> None:
+        if self.interval > 0 and self.num_pairs > 0:
+            engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.interval), self)
+
+    @torch.no_grad()
+    def __call__(self, engine: Engine) -> None:
+        network = self.model
+        was_training = network.training
+        network.eval()
+        device = next(network.parameters()).device
+        indices = list(range(self.num_pairs))
+        mask_noise = pair_noise(indices, (mask_channels(self.num_classes), *self.size), self.seed).to(device)
+        image_noise = pair_noise(indices, (self.image_channels, *self.size), self.seed + 1).to(device)
+        masks, images = self.sampler(getattr(network, "module", network), mask_noise, image_noise)
+        path = self.path_pattern.format(epoch=engine.state.epoch)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        save_preview_grid(path, images.clamp(-1, 1).cpu(), decode_mask(masks).cpu(), num_classes=self.num_classes,
+                          max_pairs=self.num_pairs)
+        logger.info("preview of %d sampled pairs written to %s", self.num_pairs, path)
+        network.train(was_training)

@@ -1,0 +1,60 @@
+"""What a generator was trained on, stored next to its weights.
+
+Training writes ``training_data.json`` beside the checkpoint (how many pairs, from where, which file format, the
+image size and classes, and an affine for NIfTI sources). Generation reads it so pairs are written in the format of
+the data the model learned from (NIfTI in, NIfTI out) without the user repeating the dataset path, and the model card
+can say what data a checkpoint saw.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from common.writers import atomic_write_bytes
+
+__all__ = ["write_training_data_summary", "read_training_data_summary", "resolve_file_format"]
+
+SUMMARY_NAME = "training_data.json"
+
+
+def write_training_data_summary(pairs: Sequence[Mapping[str, Any]], ckpt_dir: str, **settings: Any) -> str:
+    """Summarise loaded pairs (from ``common.data.load_dataset``) into ``<ckpt_dir>/training_data.json``."""
+    formats = Counter(p.get("format", "png") for p in pairs)
+    affine = next((p.get("affine") for p in pairs if p.get("affine") is not None), None)
+    first = pairs[0]["image"] if pairs else None
+    summary = {
+        "num_pairs": len(pairs),
+        "format": formats.most_common(1)[0][0] if formats else "png",
+        "formats": dict(formats),
+        "image_shape": list(np.shape(first)) if first is not None else None,
+        "sources": sorted({os.path.dirname(str(p.get("source", ""))) for p in pairs})[:10],
+        "affine": np.asarray(affine).tolist() if affine is not None else None,
+        **settings,
+    }
+    os.makedirs(ckpt_dir, exist_ok=True)
+    path = os.path.join(ckpt_dir, SUMMARY_NAME)
+    atomic_write_bytes(path, json.dumps(summary, indent=2, default=str).encode())
+    return path
+
+
+def read_training_data_summary(ckpt_dir: str) -> dict[str, Any]:
+    """The summary written by training, or an empty dict for checkpoints trained elsewhere."""
+    path = os.path.join(ckpt_dir, SUMMARY_NAME)
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def resolve_file_format(file_format: str, ckpt_dir: str) -> str:
+    """``"auto"`` -> ``"nifti"`` if the model was trained on NIfTI/DICOM volumes, else ``"png"``; other values pass."""
+    if file_format != "auto":
+        return file_format
+    trained_on = read_training_data_summary(ckpt_dir).get("format", "png")
+    return "nifti" if trained_on in ("nifti", "dicom") else "png"

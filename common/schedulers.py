@@ -1,0 +1,57 @@
+"""Noise schedulers with the timestep grid the PIG authors used.
+
+MONAI's ``DDIMScheduler.set_timesteps(n)`` places timesteps at ``linspace(T-1, 0, n).round()`` but its ``step`` jumps to
+``t - T // n``. When ``T % n != 0`` the two disagree (e.g. T=1000, n=50: it evaluates the model at 958 after stepping
+to 959). :class:`UniformDDIMScheduler` uses the uniform stride grid of the DDIM paper and the authors' code
+(``range(0, T, T // n)`` reversed: 1020, 1016, ..., 4, 0 for T=1024, n=256) so every step lands exactly on the next
+timestep, and the last step goes to alpha_bar = 1 (``set_alpha_to_one``).
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+
+__all__ = ["UniformDDIMScheduler", "build_scheduler"]
+
+
+class UniformDDIMScheduler(DDIMScheduler):
+    """MONAI's DDIM with uniformly strided timesteps that agree with its own ``step`` (sigma=0 when ``eta=0``)."""
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        if not 1 <= num_inference_steps <= self.num_train_timesteps:
+            raise ValueError(
+                f"num_inference_steps must be in [1, {self.num_train_timesteps}], got {num_inference_steps}."
+            )
+        self.num_inference_steps = num_inference_steps
+        stride = self.num_train_timesteps // num_inference_steps
+        steps = torch.arange(num_inference_steps - 1, -1, -1, device=device) * stride + self.steps_offset
+        self.timesteps = steps.long()
+
+
+_SCHEDULERS = {"ddim": UniformDDIMScheduler, "ddpm": DDPMScheduler}
+
+
+def build_scheduler(
+    name: str = "ddim",
+    num_train_timesteps: int = 1000,
+    schedule: str = "linear_beta",
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+    **kwargs,
+):
+    """One place that builds a training/sampling scheduler from config values.
+
+    ``clip_sample`` defaults to False (MONAI's default True clips x0_hat to [-1, 1] inside ``step``, which the papers
+    do not do). ``name`` is ``"ddim"`` (uniform stride, sigma=0) or ``"ddpm"`` (ancestral).
+    """
+    if name not in _SCHEDULERS:
+        raise ValueError(f"scheduler name must be one of {sorted(_SCHEDULERS)}, got '{name}'.")
+    kwargs.setdefault("clip_sample", False)
+    return _SCHEDULERS[name](
+        num_train_timesteps=num_train_timesteps,
+        schedule=schedule,
+        beta_start=beta_start,
+        beta_end=beta_end,
+        **kwargs,
+    )

@@ -1,0 +1,134 @@
+"""The PIG bundle end to end through ``python -m monai.bundle run``, as a user runs it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "bundles" / "pig" / "configs"
+TINY = REPO / "tests" / "configs" / "pig_tiny.json"
+
+
+def run_bundle(config: str, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    files = f"['{CONFIGS / config}','{TINY}']"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, *overrides]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def user_error(result: subprocess.CompletedProcess) -> str:
+    """The one-sentence error a user sees: exit status 2, no traceback, a single ``error:`` line, printed last."""
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and result.stderr.strip().splitlines()[-1] == errors[0], result.stderr[-3000:]
+    return errors[0]
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pig")
+    result = run_bundle("train.json", "--output_dir", str(root / "train"), "--ckpt_dir", str(root / "models"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root
+
+
+def test_training_writes_checkpoints_history_and_previews(trained):
+    assert (trained / "models" / "model.pt").is_file()
+    assert list((trained / "models").glob("checkpoint_*.pt")), "no resumable checkpoint"
+    summary = json.loads((trained / "models" / "training_data.json").read_text())
+    assert summary["num_pairs"] == 8 and summary["format"] == "png"
+    history = (trained / "train" / "loss_history.csv").read_text().splitlines()
+    assert history[0] == "iteration,epoch,loss,seconds" and len(history) == 1 + 4
+    assert sorted(p.name for p in (trained / "train" / "previews").iterdir()) == ["epoch_0001.png", "epoch_0002.png"]
+    assert list((trained / "train").glob("events.out.tfevents.*")), "no TensorBoard events"
+
+
+def test_inference_writes_binary_pairs_datalist_and_preview(trained):
+    out = trained / "gen_a"
+    result = run_bundle("inference.json", "--ckpt_dir", str(trained / "models"), "--output_dir", str(out),
+                        "--batch_size", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    datalist = json.loads((out / "datalist.json").read_text())
+    assert len(datalist["training"]) == 5
+    for item in datalist["training"]:
+        assert not os.path.isabs(item["image"]) and not os.path.isabs(item["label"])
+        image = np.asarray(Image.open(out / item["image"]))
+        label = np.asarray(Image.open(out / item["label"]))
+        assert image.shape == label.shape == (32, 32) and image.dtype == np.uint8
+        assert set(np.unique(label)) <= {0, 255}, "masks must be strictly binary"
+    assert (out / "preview.png").is_file()
+    from monai.data import load_decathlon_datalist
+
+    loaded = load_decathlon_datalist(str(out / "datalist.json"), data_list_key="training", base_dir=str(out))
+    assert all(os.path.isfile(d["image"]) and os.path.isfile(d["label"]) for d in loaded)
+
+
+def test_same_seed_same_pairs_and_resume_writes_only_missing(trained):
+    a, b = trained / "gen_seed_a", trained / "gen_seed_b"
+    for out in (a, b):
+        result = run_bundle("inference.json", "--ckpt_dir", str(trained / "models"), "--output_dir", str(out),
+                            "--seed", "7", "--batch_size", "5")
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert digest(a / "images") == digest(b / "images")
+    assert digest(a / "labels") == digest(b / "labels")
+    # a killed run: pair 3 lost its label (written last), pair 4 is gone entirely
+    (b / "labels" / "pair_000003.png").unlink()
+    (b / "images" / "pair_000004.png").unlink()
+    (b / "labels" / "pair_000004.png").unlink()
+    result = run_bundle("inference.json", "--ckpt_dir", str(trained / "models"), "--output_dir", str(b),
+                        "--seed", "7", "--batch_size", "5")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "generating 2 of 5 pairs" in result.stdout + result.stderr
+    assert digest(a / "labels") == digest(b / "labels")
+    other = trained / "gen_seed_c"
+    assert run_bundle("inference.json", "--ckpt_dir", str(trained / "models"), "--output_dir", str(other),
+                      "--seed", "8", "--batch_size", "5").returncode == 0
+    assert digest(other / "images") != digest(a / "images")
+
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_bad_num_pairs_fails_cleanly(trained, value):
+    out = trained / f"gen_bad_{value}"
+    result = run_bundle("inference.json", "--ckpt_dir", str(trained / "models"), "--output_dir", str(out),
+                        "--num_pairs", value)
+    assert user_error(result) == f"error: 'num_pairs' must be a positive integer, got {value}."
+    assert not out.exists()
+
+
+def test_missing_checkpoint_fails_cleanly(tmp_path):
+    result = run_bundle("inference.json", "--ckpt_dir", str(tmp_path / "nothing"), "--output_dir", str(tmp_path / "o"))
+    assert "model.pt' does not exist" in user_error(result)
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_dataset_dir_fails_before_any_output(tmp_path):
+    result = run_bundle("train.json", "--dataset_dir", str(tmp_path / "nope"), "--output_dir", str(tmp_path / "out"),
+                        "--ckpt_dir", str(tmp_path / "models"))
+    assert str(tmp_path / "nope") in user_error(result)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "models").exists()
+
+
+def test_image_without_mask_fails_before_any_output(tmp_path):
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(np.zeros((40, 40), np.uint8)).save(data / "images" / f"{name}.png")
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(data / "masks" / "a.png")
+    result = run_bundle("train.json", "--dataset_dir", str(data), "--output_dir", str(tmp_path / "out"),
+                        "--ckpt_dir", str(tmp_path / "models"))
+    assert "b.png" in user_error(result)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "models").exists()

@@ -1,0 +1,161 @@
+"""The paired sampler (PIG Alg. 2) against the paper's equations, oracles and the scheduler grid."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from common.paired_model import PairedDiffusionModel, binarize_mask_estimate, predict_x0
+from common.sampling import PairedSampler
+from common.schedulers import UniformDDIMScheduler, build_scheduler
+
+
+def linear_alpha_bar(num_train_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """alpha_bar_t from the paper's linear beta schedule, computed independently of MONAI."""
+    betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
+    return torch.cumprod(1 - betas, dim=0)
+
+
+class AffineNet(nn.Module):
+    """A deterministic 'denoiser': a fixed mix of the two input channels and the timestep."""
+
+    def __init__(self, a: float, b: float, c: float) -> None:
+        super().__init__()
+        self.a, self.b, self.c = a, b, c
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, inputs: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        t = timesteps.to(inputs.dtype).view(-1, 1, 1, 1)
+        return self.a * inputs[:, :1] + self.b * inputs[:, 1:2] + self.c * t / 100
+
+
+class OracleNet(nn.Module):
+    """The exact noise of a one-sample dataset: eps = (z_t - sqrt(ab) z*) / sqrt(1 - ab), from the noisy channel."""
+
+    def __init__(self, target: torch.Tensor, alpha_bar: torch.Tensor, channel: int, expected_condition=None) -> None:
+        super().__init__()
+        self.register_buffer("target", target)
+        self.alpha_bar = alpha_bar.float()
+        self.channel = channel
+        self.expected_condition = expected_condition
+        self.conditions: list[torch.Tensor] = []
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, inputs: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        if self.expected_condition is not None:
+            self.conditions.append(inputs[:, :1].clone())
+        ab = self.alpha_bar[timesteps].view(-1, 1, 1, 1)
+        z_t = inputs[:, self.channel : self.channel + 1]
+        return (z_t - ab.sqrt() * self.target) / (1 - ab).sqrt()
+
+
+def test_uniform_ddim_grid_matches_authors_code():
+    scheduler = build_scheduler("ddim", num_train_timesteps=1024)
+    scheduler.set_timesteps(256)
+    assert scheduler.timesteps.tolist() == list(range(1020, -1, -4))
+    assert float(scheduler.final_alpha_cumprod) == 1.0
+    # every step lands exactly on the next evaluated timestep
+    scheduler.set_timesteps(50)
+    steps = scheduler.timesteps.tolist()
+    stride = 1024 // 50
+    assert all(a - b == stride for a, b in zip(steps, steps[1:]))
+
+
+def test_uniform_ddim_rejects_bad_step_count():
+    scheduler = build_scheduler("ddim", num_train_timesteps=100)
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        scheduler.set_timesteps(0)
+    with pytest.raises(ValueError, match="must be one of"):
+        build_scheduler("euler")
+
+
+def test_build_scheduler_does_not_clip():
+    assert build_scheduler("ddim").clip_sample is False
+    assert build_scheduler("ddpm").clip_sample is False
+
+
+def test_alpha_bar_is_the_papers_linear_schedule():
+    scheduler = build_scheduler("ddim", num_train_timesteps=1024)
+    torch.testing.assert_close(scheduler.alphas_cumprod.double(), linear_alpha_bar(1024), rtol=1e-5, atol=1e-6)
+
+
+def test_sampler_update_equals_eq_6_and_7():
+    """Alg. 2 written out by hand with the paper's equations equals the sampler, step by step."""
+    T, n = 40, 5
+    guider, image_model = AffineNet(0.3, -0.2, 0.5), AffineNet(0.4, 0.1, -0.3)
+    model = PairedDiffusionModel(guider, image_model, estimate_transform="none")
+    sampler = PairedSampler(build_scheduler("ddim", num_train_timesteps=T), num_inference_steps=n)
+    g = torch.Generator().manual_seed(0)
+    x_T, y_T = torch.randn(2, 1, 6, 6, generator=g), torch.randn(2, 1, 6, 6, generator=g)
+    x_out, y_out = sampler(model, x_T, y_T)
+
+    ab = linear_alpha_bar(T).float()
+    x, y = x_T.clone(), y_T.clone()
+    for t in range(T - T // n, -1, -(T // n)):
+        tt = torch.full((2,), t)
+        ab_t = ab[t]
+        ab_prev = ab[t - T // n] if t - T // n >= 0 else torch.tensor(1.0)
+        eps_x = guider(torch.cat([x, y], 1), tt)
+        x0 = (x - (1 - ab_t).sqrt() * eps_x) / ab_t.sqrt()  # Eq. (6)
+        x_next = ab_prev.sqrt() * x0 + (1 - ab_prev).sqrt() * eps_x  # Eq. (7), sigma = 0
+        eps_y = image_model(torch.cat([x0, y], 1), tt)  # model_y conditioned on x0_hat
+        y0 = (y - (1 - ab_t).sqrt() * eps_y) / ab_t.sqrt()
+        y = ab_prev.sqrt() * y0 + (1 - ab_prev).sqrt() * eps_y
+        x = x_next
+    torch.testing.assert_close(x_out, x, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(y_out, y, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("estimate_transform", ["none", "clamp", "binarize"])
+def test_oracle_denoisers_return_the_single_training_pair(estimate_transform):
+    T = 100
+    scheduler = build_scheduler("ddim", num_train_timesteps=T)
+    ab = scheduler.alphas_cumprod
+    g = torch.Generator().manual_seed(1)
+    mask = torch.where(torch.rand(1, 1, 8, 8, generator=g) > 0.5, 1.0, -1.0)
+    mask[..., 2:6, 2:6] = 1.0  # a blob large enough to survive the binarisation's 5x5 smoothing
+    mask[..., :2, :] = -1.0
+    image = torch.rand(1, 1, 8, 8, generator=g) * 2 - 1
+    guider = OracleNet(mask, ab, channel=0)
+    image_model = OracleNet(image, ab, channel=1, expected_condition=mask)
+    model = PairedDiffusionModel(guider, image_model, estimate_transform=estimate_transform)
+    x0, y0 = PairedSampler(scheduler, num_inference_steps=10)(model, torch.randn(1, 1, 8, 8), torch.randn(1, 1, 8, 8))
+    torch.testing.assert_close(x0, mask, atol=1e-3, rtol=0)
+    torch.testing.assert_close(y0, image, atol=1e-3, rtol=0)
+    # the image model was conditioned on the guider's estimate, which the oracle makes exact (Alg. 2 line 6)
+    if estimate_transform != "binarize":
+        for condition in image_model.conditions:
+            torch.testing.assert_close(condition, mask, atol=1e-3, rtol=0)
+
+
+def test_predict_x0_inverts_forward_noising():
+    ab = torch.tensor([0.9, 0.1])
+    x0, eps = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    x_t = ab.sqrt().view(-1, 1, 1, 1) * x0 + (1 - ab).sqrt().view(-1, 1, 1, 1) * eps
+    torch.testing.assert_close(predict_x0(x_t, eps, ab), x0, rtol=1e-5, atol=1e-5)
+
+
+def test_binarize_mask_estimate_thresholds_per_sample():
+    est = -torch.ones(2, 1, 16, 16)
+    est[0, :, 4:12, 4:12] = 3.0  # strong square
+    est[1, :, 0:8, :] = 0.2  # weak half: per-sample threshold still separates it
+    out = binarize_mask_estimate(est)
+    assert set(out.unique().tolist()) <= {-1.0, 1.0}
+    assert out[0, 0, 8, 8] == 1 and out[0, 0, 0, 0] == -1
+    assert out[1, 0, 2, 8] == 1 and out[1, 0, 14, 8] == -1
+
+
+def test_paired_model_validates_options():
+    with pytest.raises(ValueError, match="image_condition"):
+        PairedDiffusionModel(nn.Identity(), nn.Identity(), image_condition="text")
+    with pytest.raises(ValueError, match="alphas_cumprod"):
+        PairedDiffusionModel(nn.Identity(), nn.Identity(), image_condition="guider_x0")
+    with pytest.raises(ValueError, match="estimate_transform"):
+        PairedDiffusionModel(nn.Identity(), nn.Identity(), estimate_transform="round")
+
+
+def test_uniform_ddim_is_a_monai_ddim():
+    from monai.networks.schedulers import DDIMScheduler
+
+    assert issubclass(UniformDDIMScheduler, DDIMScheduler)

@@ -1,0 +1,86 @@
+"""Training pieces: the noisy-pair batch of Alg. 1, timestep sampling, the iteration loader, the paired model forward."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from common.paired_model import PairedDiffusionModel
+from common.schedulers import build_scheduler
+from common.training import PairedDiffusionPrepareBatch, iteration_loader, sample_timesteps, training_items
+
+
+class Recorder(nn.Module):
+    """Returns zeros of ``out_channels`` and remembers its inputs."""
+
+    def __init__(self, out_channels: int = 1) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+        self.inputs: list[torch.Tensor] = []
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, inputs, timesteps):
+        self.inputs.append(inputs.clone())
+        return torch.zeros(inputs.shape[0], self.out_channels, *inputs.shape[2:]) + self.dummy
+
+
+def test_prepare_batch_noises_both_streams_with_the_same_t():
+    scheduler = build_scheduler("ddim", num_train_timesteps=50)
+    prepare = PairedDiffusionPrepareBatch(scheduler, num_classes=2, antithetic=False)
+    image = torch.rand(4, 1, 8, 8) * 2 - 1
+    label = (torch.rand(4, 1, 8, 8) > 0.5).long()
+    torch.manual_seed(0)
+    inputs, targets, args, kwargs = prepare({"image": image, "label": label})
+    assert inputs.shape == (4, 2, 8, 8) and targets.shape == (4, 2, 8, 8) and args == ()
+    mask = label.float() * 2 - 1
+    torch.testing.assert_close(kwargs["clean_mask"], mask)
+    ab = scheduler.alphas_cumprod[kwargs["timesteps"]].view(-1, 1, 1, 1)
+    # Eq. (9)-(10): x_t = sqrt(ab) x0 + sqrt(1-ab) eps_1, y_t = sqrt(ab) y0 + sqrt(1-ab) eps_2
+    torch.testing.assert_close(inputs[:, :1], ab.sqrt() * mask + (1 - ab).sqrt() * targets[:, :1])
+    torch.testing.assert_close(inputs[:, 1:], ab.sqrt() * image + (1 - ab).sqrt() * targets[:, 1:])
+    assert not torch.allclose(targets[:, :1], targets[:, 1:])  # independent noise per stream
+
+
+def test_prepare_batch_one_hot_for_multiclass():
+    prepare = PairedDiffusionPrepareBatch(build_scheduler("ddim", num_train_timesteps=10), num_classes=4)
+    label = torch.randint(0, 4, (2, 1, 8, 8))
+    inputs, targets, _, kwargs = prepare({"image": torch.zeros(2, 1, 8, 8), "label": label})
+    assert inputs.shape == (2, 5, 8, 8) and kwargs["clean_mask"].shape == (2, 4, 8, 8)
+    assert torch.equal(kwargs["clean_mask"].argmax(1, keepdim=True), label)
+
+
+def test_antithetic_timesteps_pair_up():
+    torch.manual_seed(0)
+    t = sample_timesteps(8, 1000, antithetic=True)
+    assert torch.equal(t[:4] + t[4:], torch.full((4,), 999))
+    assert sample_timesteps(5, 1000, antithetic=True).shape == (5,)
+    t = sample_timesteps(10_000, 7, antithetic=False)
+    assert t.min() == 0 and t.max() == 6
+
+
+def test_iteration_loader_has_fixed_epoch_length():
+    data = training_items([{"image": torch.zeros(1, 4, 4), "label": torch.zeros(1, 4, 4), "affine": None}] * 3)
+    assert set(data[0]) == {"image", "label"}
+    loader = iteration_loader(data, batch_size=4, iterations_per_epoch=5, seed=0)
+    batches = list(loader)
+    assert len(batches) == 5 and batches[0]["image"].shape == (4, 1, 4, 4)
+
+
+def test_model_forward_conditions_image_model_on_clean_mask_or_guider_estimate():
+    scheduler = build_scheduler("ddim", num_train_timesteps=10)
+    guider, image_model = Recorder(1), Recorder(1)
+    model = PairedDiffusionModel(guider, image_model)
+    noisy = torch.randn(2, 2, 4, 4)
+    clean = torch.ones(2, 1, 4, 4)
+    out = model(noisy, torch.tensor([3, 7]), clean)
+    assert out.shape == (2, 2, 4, 4)
+    torch.testing.assert_close(guider.inputs[0], noisy)
+    torch.testing.assert_close(image_model.inputs[0][:, :1], clean)
+    torch.testing.assert_close(image_model.inputs[0][:, 1:], noisy[:, 1:])
+
+    model = PairedDiffusionModel(Recorder(1), image_model, image_condition="guider_x0",
+                                 alphas_cumprod=scheduler.alphas_cumprod, estimate_transform="none")
+    model(noisy, torch.tensor([3, 7]), clean)
+    ab = scheduler.alphas_cumprod[torch.tensor([3, 7])].view(-1, 1, 1, 1)
+    # zero predicted noise -> x0_hat = x_t / sqrt(ab)
+    torch.testing.assert_close(image_model.inputs[1][:, :1], noisy[:, :1] / ab.sqrt())
