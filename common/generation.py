@@ -43,7 +43,7 @@ def pair_noise(indices: list[int], shape: tuple[int, ...], seed: int) -> torch.T
 
 def generate_pairs(
     model: torch.nn.Module,
-    sampler: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    sampler: Callable[..., tuple[torch.Tensor, torch.Tensor]],
     output_dir: str,
     num_pairs: int,
     image_size: int | tuple[int, int] = 64,
@@ -58,6 +58,9 @@ def generate_pairs(
     preview_pairs: int = 16,
 ) -> dict[str, Any]:
     """Sample ``num_pairs`` (mask, image) pairs, write them with :class:`PairWriter`, then a datalist and a preview.
+
+    ``sampler(model, mask_noise, image_noise, indices=...)`` returns the continuous (mask, image) of those pair
+    indices (see :mod:`common.sampling`).
 
     Returns a summary: pairs requested, generated in this run, already present, paths and seconds per pair.
     """
@@ -79,7 +82,9 @@ def generate_pairs(
         indices = missing[b * batch_size : (b + 1) * batch_size]
         mask_noise = pair_noise(indices, (mask_channels(num_classes), *size), seed).to(device)
         image_noise = pair_noise(indices, (image_channels, *size), seed + 1).to(device)
-        masks, images = sampler(model, mask_noise, image_noise)
+        masks, images = sampler(model, mask_noise, image_noise, indices=indices)
+        if masks is None:
+            raise InputError(f"the sampler {type(sampler).__name__} generates images without masks; it cannot write pairs.")
         labels = decode_mask(masks).cpu()
         images = images.clamp(-1.0, 1.0).cpu()
         for j, index in enumerate(indices):

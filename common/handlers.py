@@ -146,10 +146,11 @@ class PairPreviewHandler:
         indices = list(range(self.num_pairs))
         mask_noise = pair_noise(indices, (mask_channels(self.num_classes), *self.size), self.seed).to(device)
         image_noise = pair_noise(indices, (self.image_channels, *self.size), self.seed + 1).to(device)
-        masks, images = self.sampler(getattr(network, "module", network), mask_noise, image_noise)
+        masks, images = self.sampler(getattr(network, "module", network), mask_noise, image_noise, indices=indices)
         path = self.path_pattern.format(epoch=engine.state.epoch)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        save_preview_grid(path, images.clamp(-1, 1).cpu(), decode_mask(masks).cpu(), num_classes=self.num_classes,
+        labels = decode_mask(masks).cpu() if masks is not None else torch.zeros_like(images[:, :1], dtype=torch.long)
+        save_preview_grid(path, images.clamp(-1, 1).cpu(), labels, num_classes=self.num_classes,
                           max_pairs=self.num_pairs)
         logger.info("preview of %d sampled pairs written to %s", self.num_pairs, path)
         network.train(was_training)

@@ -18,8 +18,9 @@ from typing import Any
 import torch
 
 from common.paired_model import PairedDiffusionModel, predict_x0
+from common.transforms import encode_mask
 
-__all__ = ["PairedSampler", "scheduler_step"]
+__all__ = ["PairedSampler", "MaskConditionedSampler", "UnconditionalSampler", "ImageSampler", "scheduler_step"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +56,11 @@ class PairedSampler:
 
     @torch.no_grad()
     def __call__(
-        self, model: PairedDiffusionModel, mask_noise: torch.Tensor, image_noise: torch.Tensor
+        self, model: PairedDiffusionModel, mask_noise: torch.Tensor, image_noise: torch.Tensor, indices=None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run Alg. 2 from (x_T, y_T) = (mask_noise, image_noise); returns the continuous (x_0, y_0)."""
+        """Run Alg. 2 from (x_T, y_T) = (mask_noise, image_noise); returns the continuous (x_0, y_0).
+
+        ``indices`` (the pair numbers being generated) is part of the sampler interface and unused here."""
         device = mask_noise.device
         mask_scheduler = self._stream_scheduler(device)
         image_scheduler = self._stream_scheduler(device)
@@ -75,3 +78,73 @@ class PairedSampler:
             if self.progress_every and (i + 1) % self.progress_every == 0:
                 logger.info("sampling step %d/%d (t=%d)", i + 1, len(timesteps), int(t))
         return x_t, y_t
+
+
+class ImageSampler:
+    """Single-stream reverse diffusion: ``denoiser(x_t, t) -> eps`` from noise to x_0 with any scheduler.
+
+    The baselines of the PIG paper use it: an unconditional image model (DDPM with 1000 steps, DDIM with fewer), and
+    the image model conditioned on a fixed real mask (SegGuidedDiff-style), see :class:`MaskConditionedSampler`.
+    """
+
+    def __init__(self, scheduler: Any, num_inference_steps: int = 50) -> None:
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}.")
+        self.scheduler = scheduler
+        self.num_inference_steps = num_inference_steps
+
+    @torch.no_grad()
+    def __call__(self, denoiser, noise: torch.Tensor) -> torch.Tensor:
+        scheduler = copy.deepcopy(self.scheduler)
+        scheduler.set_timesteps(self.num_inference_steps, device=noise.device)
+        sample = noise * getattr(scheduler, "init_noise_sigma", 1.0)
+        for t in scheduler.timesteps:
+            t_batch = torch.full((sample.shape[0],), int(t), device=noise.device, dtype=torch.long)
+            sample = scheduler_step(scheduler, denoiser(sample, t_batch), t, sample)
+        return sample
+
+
+class MaskConditionedSampler:
+    """The "real masks in, images out" baseline: PIG's image model conditioned on given masks instead of the guider.
+
+    Pair ``i`` uses ``masks[i % len(masks)]``, so generating N pairs cycles through the real training masks (the paper's
+    LDM / SegGuidedDiff / ControlNet baselines were fed the training-set masks the same way).
+
+    Args:
+        masks: label maps (class indices), each (1, H, W), e.g. ``[p["label"] for p in load_dataset(...)]``.
+        scheduler, num_inference_steps: as for :class:`PairedSampler`.
+        num_classes: to encode the masks as the model saw them in training.
+    """
+
+    def __init__(self, masks, scheduler: Any, num_inference_steps: int = 50, num_classes: int = 2) -> None:
+        if len(masks) == 0:
+            raise ValueError("MaskConditionedSampler needs at least one mask.")
+        self.masks = torch.stack([torch.as_tensor(m) for m in masks]).long()
+        self.num_classes = num_classes
+        self.image_sampler = ImageSampler(scheduler, num_inference_steps)
+
+    @torch.no_grad()
+    def __call__(
+        self, model: PairedDiffusionModel, mask_noise: torch.Tensor, image_noise: torch.Tensor, indices=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if indices is None:
+            indices = range(image_noise.shape[0])
+        chosen = self.masks[[i % len(self.masks) for i in indices]].to(image_noise.device)
+        condition = encode_mask(chosen, self.num_classes).to(image_noise.dtype)
+        image = self.image_sampler(lambda y_t, t: model.image_noise(condition, y_t, t), image_noise)
+        return condition, image
+
+
+class UnconditionalSampler:
+    """The unconditional image-only baseline (PIG paper, Table 1) behind the pair-sampler interface.
+
+    Returns ``(None, image)``: the model generates no mask, so previews show an empty mask and
+    :func:`common.generation.generate_pairs` refuses to write pairs from it (benchmarks use its images for FID).
+    """
+
+    def __init__(self, scheduler: Any, num_inference_steps: int = 50) -> None:
+        self.image_sampler = ImageSampler(scheduler, num_inference_steps)
+
+    @torch.no_grad()
+    def __call__(self, model, mask_noise: torch.Tensor, image_noise: torch.Tensor, indices=None) -> tuple[None, torch.Tensor]:
+        return None, self.image_sampler(lambda y_t, t: model(y_t, t), image_noise)

@@ -159,3 +159,30 @@ def test_uniform_ddim_is_a_monai_ddim():
     from monai.networks.schedulers import DDIMScheduler
 
     assert issubclass(UniformDDIMScheduler, DDIMScheduler)
+
+
+def test_image_sampler_with_oracle_returns_target():
+    from common.sampling import ImageSampler
+
+    T = 100
+    scheduler = build_scheduler("ddim", num_train_timesteps=T)
+    target = torch.rand(1, 1, 8, 8) * 2 - 1
+    oracle = OracleNet(target, scheduler.alphas_cumprod, channel=0)
+    out = ImageSampler(scheduler, num_inference_steps=10)(lambda x, t: oracle(x, t), torch.randn(1, 1, 8, 8))
+    torch.testing.assert_close(out, target, atol=1e-3, rtol=0)
+
+
+def test_mask_conditioned_sampler_cycles_real_masks_and_conditions_on_them():
+    from common.sampling import MaskConditionedSampler
+
+    T = 100
+    scheduler = build_scheduler("ddim", num_train_timesteps=T)
+    masks = [torch.zeros(1, 8, 8, dtype=torch.long), torch.ones(1, 8, 8, dtype=torch.long)]
+    image = torch.rand(1, 1, 8, 8) * 2 - 1
+    image_model = OracleNet(image, scheduler.alphas_cumprod, channel=1, expected_condition=True)
+    model = PairedDiffusionModel(AffineNet(0, 0, 0), image_model)
+    sampler = MaskConditionedSampler(masks, scheduler, num_inference_steps=5)
+    cond, out = sampler(model, torch.randn(3, 1, 8, 8), torch.randn(3, 1, 8, 8), indices=[0, 1, 2])
+    assert cond[:, 0, 0, 0].tolist() == [-1.0, 1.0, -1.0]  # masks 0, 1, 0 encoded in {-1, 1}
+    torch.testing.assert_close(out, image.expand(3, -1, -1, -1), atol=1e-3, rtol=0)
+    torch.testing.assert_close(image_model.conditions[0], cond)
