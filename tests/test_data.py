@@ -22,22 +22,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, UltrasoundImageS
 from common.data import DataError, build_datalist, load_dataset, load_pairs, subset_indices, synthetic_pairs
 from common.errors import InputError
 from common.transforms import window_to_unit
-
-
-def shared_data_dir() -> Path:
-    """../shared/data relative to the repo root, or $PAIRED_SYNTH_DATA."""
-    override = os.environ.get("PAIRED_SYNTH_DATA")
-    return Path(override) if override else Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-DATA = shared_data_dir()
-
-
-def needs(*parts: str):
-    path = DATA.joinpath(*parts)
-    return pytest.mark.skipif(
-        not path.exists(), reason=f"shared dataset '{path}' is absent (set PAIRED_SYNTH_DATA to its folder)"
-    )
+from tests.shared_data import DATA, needs
 
 
 # --------------------------------------------------------------------------------------------------------------------

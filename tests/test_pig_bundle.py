@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.shared_data import needs
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "pig" / "configs"
 TINY = REPO / "tests" / "configs" / "pig_tiny.json"
@@ -171,3 +173,43 @@ def test_unconditional_baseline_trains_and_samples_images(tmp_path):
     images = ImageSampler(parser.get_parsed_content("noise_scheduler"), 3)(lambda x, t: net(x, t), torch.randn(2, 1, 32, 32))
     assert images.shape == (2, 1, 32, 32) and torch.isfinite(images).all()
     assert (tmp_path / "train" / "previews" / "epoch_0002.png").is_file()
+
+
+@needs("cxr_lungs", "labels")
+def test_multiclass_label_maps_train_and_generate(tmp_path):
+    from tests.shared_data import DATA
+
+    common = ["--num_classes", "4", "--ckpt_dir", str(tmp_path / "models")]
+    result = run_bundle("train.json", "--dataset_dir", str(DATA / "cxr_lungs"), "--max_pairs", "8",
+                        "--output_dir", str(tmp_path / "train"), *common)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "gen"
+    result = run_bundle("inference.json", "--output_dir", str(out), "--num_pairs", "3", *common)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for i in range(3):
+        label = np.asarray(Image.open(out / "labels" / f"pair_{i:06d}.png"))
+        assert label.shape == (32, 32) and set(np.unique(label)) <= {0, 1, 2, 3}
+    assert json.loads((out / "datalist.json").read_text())["labels"] == {str(k): f"class_{k}" for k in range(4)}
+
+
+@needs("ct_abdomen", "ct.nii.gz")
+def test_nifti_volume_in_nifti_pairs_out(tmp_path):
+    import nibabel as nib
+
+    from tests.shared_data import DATA
+
+    datalist = tmp_path / "ct.json"
+    datalist.write_text(json.dumps({"training": [{"image": str(DATA / "ct_abdomen" / "ct.nii.gz"),
+                                                  "label": str(DATA / "ct_abdomen" / "labels.nii.gz")}]}))
+    common = ["--num_classes", "14", "--ckpt_dir", str(tmp_path / "models")]
+    result = run_bundle("train.json", "--datalist", str(datalist), "--max_pairs", "8",
+                        "--output_dir", str(tmp_path / "train"), *common)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "models" / "training_data.json").read_text())["format"] == "nifti"
+    out = tmp_path / "gen"
+    result = run_bundle("inference.json", "--output_dir", str(out), "--num_pairs", "2", *common)
+    assert result.returncode == 0, result.stderr[-3000:]
+    items = json.loads((out / "datalist.json").read_text())["training"]
+    assert all(item["image"].endswith(".nii.gz") and item["label"].endswith(".nii.gz") for item in items)
+    label = np.asarray(nib.load(str(out / items[0]["label"])).dataobj)
+    assert label.dtype == np.uint8 and label.max() <= 13

@@ -1,0 +1,27 @@
+"""Where the project's real datasets are (../shared/data, or $PAIRED_SYNTH_DATA) and a skip marker for tests using them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+__all__ = ["DATA", "needs"]
+
+
+def shared_data_dir() -> Path:
+    """../shared/data relative to the repo root, or $PAIRED_SYNTH_DATA."""
+    override = os.environ.get("PAIRED_SYNTH_DATA")
+    return Path(override) if override else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+DATA = shared_data_dir()
+
+
+def needs(*parts: str):
+    """Skip the test, with the path in the reason, when ``DATA/parts`` is absent."""
+    path = DATA.joinpath(*parts)
+    return pytest.mark.skipif(
+        not path.exists(), reason=f"shared dataset '{path}' is absent (set PAIRED_SYNTH_DATA to its folder)"
+    )
