@@ -17,16 +17,38 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PairedDiffusionModel", "predict_x0", "binarize_mask_estimate", "IMAGE_CONDITIONS", "ESTIMATE_TRANSFORMS"]
+__all__ = [
+    "PairedDiffusionModel",
+    "predict_x0",
+    "binarize_mask_estimate",
+    "IMAGE_CONDITIONS",
+    "ESTIMATE_TRANSFORMS",
+    "PREDICTION_TYPES",
+]
 
 IMAGE_CONDITIONS = ("mask", "guider_x0")
 ESTIMATE_TRANSFORMS = ("clamp", "binarize", "none")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
-def predict_x0(sample: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
-    """Eq. (6): x0_hat = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t); ``alpha_bar`` is scalar or (B,)."""
+def predict_x0(
+    sample: torch.Tensor, model_output: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str = "epsilon"
+) -> torch.Tensor:
+    """The clean-sample estimate from a network output; ``alpha_bar`` is a scalar or (B,).
+
+    ``epsilon``: Eq. (6), x0_hat = (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar) -- the paper's parameterisation,
+    whose error is amplified by 1/sqrt(alpha_bar) (x156 at t = T for the linear schedule);
+    ``v_prediction``: x0_hat = sqrt(alpha_bar) x_t - sqrt(1 - alpha_bar) v, bounded at every t;
+    ``sample``: the output is x0_hat.
+    """
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got '{prediction_type}'.")
     alpha_bar = alpha_bar.to(sample.dtype).reshape(-1, *([1] * (sample.ndim - 1)))
-    return (sample - (1 - alpha_bar).sqrt() * noise) / alpha_bar.sqrt()
+    if prediction_type == "epsilon":
+        return (sample - (1 - alpha_bar).sqrt() * model_output) / alpha_bar.sqrt()
+    if prediction_type == "v_prediction":
+        return alpha_bar.sqrt() * sample - (1 - alpha_bar).sqrt() * model_output
+    return model_output
 
 
 def binarize_mask_estimate(x0_hat: torch.Tensor, kernel_size: int = 5, weight: float = 0.75) -> torch.Tensor:
@@ -52,6 +74,8 @@ class PairedDiffusionModel(nn.Module):
             ``"guider_x0"`` (the guider's one-step x0 estimate, detached, as the authors' code optionally does so that
             training matches what the image model sees when sampling).
         alphas_cumprod: the training scheduler's alpha_bar table, needed only for ``"guider_x0"``.
+        prediction_type: what the networks predict (the scheduler's ``prediction_type``), needed only for
+            ``"guider_x0"``.
         estimate_transform: how the guider's x0 estimate is mapped before it conditions the image model: ``"clamp"``
             to [-1, 1] (default: the image model was trained on {-1, 1} masks, and early estimates are far outside),
             ``"binarize"`` (the authors' code, :func:`binarize_mask_estimate`), or ``"none"`` (Alg. 2 verbatim).
@@ -66,6 +90,7 @@ class PairedDiffusionModel(nn.Module):
         image_condition: str = "mask",
         alphas_cumprod: torch.Tensor | None = None,
         estimate_transform: str = "clamp",
+        prediction_type: str = "epsilon",
     ) -> None:
         super().__init__()
         if image_condition not in IMAGE_CONDITIONS:
@@ -80,13 +105,14 @@ class PairedDiffusionModel(nn.Module):
         self.image_channels = image_channels
         self.image_condition = image_condition
         self.estimate_transform = estimate_transform
+        self.prediction_type = prediction_type
         if alphas_cumprod is not None:
             self.register_buffer("alphas_cumprod", alphas_cumprod.detach().clone().float(), persistent=False)
         else:
             self.alphas_cumprod = None
 
     def guider_noise(self, x_t: torch.Tensor, y_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """model_x(x_t, y_t, t): the mask's noise (Alg. 1 line 5, Alg. 2 line 4)."""
+        """model_x(x_t, y_t, t): the mask's noise (Alg. 1 line 5, Alg. 2 line 4), or velocity / x0 (prediction_type)."""
         return self.guider(torch.cat([x_t, y_t], dim=1), timesteps)
 
     def image_noise(self, x_cond: torch.Tensor, y_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -109,6 +135,6 @@ class PairedDiffusionModel(nn.Module):
             x_cond = clean_mask
         else:
             alpha_bar = self.alphas_cumprod.to(x_t.device)[timesteps]  # type: ignore[index]
-            x_cond = self.condition_from_estimate(predict_x0(x_t, eps_x.detach(), alpha_bar))
+            x_cond = self.condition_from_estimate(predict_x0(x_t, eps_x.detach(), alpha_bar, self.prediction_type))
         eps_y = self.image_noise(x_cond, y_t, timesteps)
         return torch.cat([eps_x, eps_y], dim=1)

@@ -18,9 +18,16 @@ from typing import Any
 import torch
 
 from common.paired_model import PairedDiffusionModel, predict_x0
+from common.schedulers import prediction_type
 from common.transforms import encode_mask
 
-__all__ = ["PairedSampler", "MaskConditionedSampler", "UnconditionalSampler", "ImageSampler", "scheduler_step"]
+__all__ = [
+    "PairedSampler",
+    "MaskConditionedSampler",
+    "UnconditionalSampler",
+    "ImageSampler",
+    "scheduler_step",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +75,11 @@ class PairedSampler:
         x_t = mask_noise * getattr(mask_scheduler, "init_noise_sigma", 1.0)
         y_t = image_noise * getattr(image_scheduler, "init_noise_sigma", 1.0)
         timesteps = mask_scheduler.timesteps
+        parameterisation = prediction_type(mask_scheduler)
         for i, t in enumerate(timesteps):
             t_batch = torch.full((x_t.shape[0],), int(t), device=device, dtype=torch.long)
             eps_x = model.guider_noise(x_t, y_t, t_batch)
-            x0_hat = predict_x0(x_t, eps_x, alphas_cumprod[int(t)])
+            x0_hat = predict_x0(x_t, eps_x, alphas_cumprod[int(t)], parameterisation)
             x_t = scheduler_step(mask_scheduler, eps_x, t, x_t)
             eps_y = model.image_noise(model.condition_from_estimate(x0_hat), y_t, t_batch)
             y_t = scheduler_step(image_scheduler, eps_y, t, y_t)

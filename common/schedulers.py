@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
-__all__ = ["UniformDDIMScheduler", "build_scheduler"]
+__all__ = ["UniformDDIMScheduler", "build_scheduler", "prediction_type"]
 
 
 class UniformDDIMScheduler(DDIMScheduler):
@@ -27,6 +27,14 @@ class UniformDDIMScheduler(DDIMScheduler):
         stride = self.num_train_timesteps // num_inference_steps
         steps = torch.arange(num_inference_steps - 1, -1, -1, device=device) * stride + self.steps_offset
         self.timesteps = steps.long()
+
+
+def prediction_type(scheduler) -> str:
+    """A scheduler's parameterisation as a plain string: MONAI's enum attribute or diffusers' config value."""
+    value = getattr(scheduler, "prediction_type", None)
+    if value is None and hasattr(scheduler, "config"):
+        value = scheduler.config.prediction_type
+    return str(getattr(value, "value", value or "epsilon"))
 
 
 _SCHEDULERS = {"ddim": UniformDDIMScheduler, "ddpm": DDPMScheduler}

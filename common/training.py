@@ -16,6 +16,7 @@ import torch
 from monai.engines import PrepareBatch
 from torch.utils.data import DataLoader, RandomSampler
 
+from common.schedulers import prediction_type
 from common.transforms import encode_mask
 
 __all__ = ["PairedDiffusionPrepareBatch", "iteration_loader", "training_items", "sample_timesteps"]
@@ -30,7 +31,10 @@ def sample_timesteps(batch_size: int, num_train_timesteps: int, antithetic: bool
 
 
 class PairedDiffusionPrepareBatch(PrepareBatch):
-    """Batch -> (cat[x_t, y_t], cat[eps_1, eps_2], (), {"timesteps", "clean_mask"}) for :class:`PairedDiffusionModel`.
+    """Batch -> (cat[x_t, y_t], targets, (), {"timesteps", "clean_mask"}) for :class:`PairedDiffusionModel`.
+
+    Targets are ``cat[eps_1, eps_2]`` (Alg. 1) for an ``epsilon`` scheduler, the velocities for ``v_prediction``,
+    the clean pair for ``sample``.
 
     Args:
         scheduler: the training scheduler (its ``add_noise`` implements Eq. (9)-(10)).
@@ -53,6 +57,15 @@ class PairedDiffusionPrepareBatch(PrepareBatch):
         self.image_key = image_key
         self.label_key = label_key
 
+    def target(self, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """What the networks learn to predict: the noise (paper), the velocity, or the clean sample."""
+        kind = prediction_type(self.scheduler)
+        if kind == "v_prediction":
+            return self.scheduler.get_velocity(clean, noise, timesteps)
+        if kind == "sample":
+            return clean
+        return noise
+
     def __call__(
         self, batchdata: Mapping[str, torch.Tensor], device=None, non_blocking: bool = False, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
@@ -64,7 +77,9 @@ class PairedDiffusionPrepareBatch(PrepareBatch):
         noisy_mask = self.scheduler.add_noise(original_samples=mask, noise=mask_noise, timesteps=timesteps)
         noisy_image = self.scheduler.add_noise(original_samples=image, noise=image_noise, timesteps=timesteps)
         inputs = torch.cat([noisy_mask, noisy_image], dim=1)
-        targets = torch.cat([mask_noise, image_noise], dim=1)
+        targets = torch.cat(
+            [self.target(mask, mask_noise, timesteps), self.target(image, image_noise, timesteps)], dim=1
+        )
         return inputs, targets, (), {"timesteps": timesteps, "clean_mask": mask}
 
 

@@ -11,7 +11,7 @@ from monai.bundle import ConfigParser
 CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "pig" / "configs"
 NETWORK_KEYS = ("image_size", "num_classes", "image_channels", "num_train_timesteps", "beta_start", "beta_end",
                 "channels", "attention_levels", "num_res_blocks", "num_head_channels", "norm_num_groups",
-                "image_condition", "estimate_transform", "noise_scheduler", "network_def")
+                "image_condition", "estimate_transform", "prediction_type", "noise_scheduler", "network_def")
 
 
 def parser(*names: str) -> ConfigParser:

@@ -186,3 +186,37 @@ def test_mask_conditioned_sampler_cycles_real_masks_and_conditions_on_them():
     assert cond[:, 0, 0, 0].tolist() == [-1.0, 1.0, -1.0]  # masks 0, 1, 0 encoded in {-1, 1}
     torch.testing.assert_close(out, image.expand(3, -1, -1, -1), atol=1e-3, rtol=0)
     torch.testing.assert_close(image_model.conditions[0], cond)
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
+def test_predict_x0_for_each_parameterisation(kind):
+    scheduler = build_scheduler("ddim", num_train_timesteps=100, prediction_type=kind)
+    x0, eps = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    t = torch.tensor([10, 90])
+    x_t = scheduler.add_noise(x0, eps, t)
+    output = {"epsilon": eps, "v_prediction": scheduler.get_velocity(x0, eps, t), "sample": x0}[kind]
+    torch.testing.assert_close(predict_x0(x_t, output, scheduler.alphas_cumprod[t], kind), x0, rtol=1e-4, atol=1e-4)
+
+
+class VelocityOracle(nn.Module):
+    """The exact velocity of a one-sample dataset: v = sqrt(ab) eps - sqrt(1-ab) z*, eps recovered from z_t."""
+
+    def __init__(self, target: torch.Tensor, alpha_bar: torch.Tensor, channel: int) -> None:
+        super().__init__()
+        self.eps_oracle = OracleNet(target, alpha_bar, channel)
+
+    def forward(self, inputs, timesteps):
+        ab = self.eps_oracle.alpha_bar[timesteps].view(-1, 1, 1, 1)
+        eps = self.eps_oracle(inputs, timesteps)
+        return ab.sqrt() * eps - (1 - ab).sqrt() * self.eps_oracle.target
+
+
+def test_v_prediction_oracles_return_the_single_training_pair():
+    scheduler = build_scheduler("ddim", num_train_timesteps=100, prediction_type="v_prediction")
+    ab = scheduler.alphas_cumprod
+    mask = torch.where(torch.rand(1, 1, 8, 8) > 0.5, 1.0, -1.0)
+    image = torch.rand(1, 1, 8, 8) * 2 - 1
+    model = PairedDiffusionModel(VelocityOracle(mask, ab, 0), VelocityOracle(image, ab, 1), estimate_transform="none")
+    x0, y0 = PairedSampler(scheduler, num_inference_steps=10)(model, torch.randn(1, 1, 8, 8), torch.randn(1, 1, 8, 8))
+    torch.testing.assert_close(x0, mask, atol=1e-3, rtol=0)
+    torch.testing.assert_close(y0, image, atol=1e-3, rtol=0)

@@ -84,3 +84,17 @@ def test_model_forward_conditions_image_model_on_clean_mask_or_guider_estimate()
     ab = scheduler.alphas_cumprod[torch.tensor([3, 7])].view(-1, 1, 1, 1)
     # zero predicted noise -> x0_hat = x_t / sqrt(ab)
     torch.testing.assert_close(image_model.inputs[1][:, :1], noisy[:, :1] / ab.sqrt())
+
+
+def test_prepare_batch_targets_follow_the_prediction_type():
+    scheduler = build_scheduler("ddim", num_train_timesteps=50, prediction_type="v_prediction")
+    prepare = PairedDiffusionPrepareBatch(scheduler, num_classes=2, antithetic=False)
+    image = torch.rand(3, 1, 8, 8) * 2 - 1
+    label = (torch.rand(3, 1, 8, 8) > 0.5).long()
+    inputs, targets, _, kwargs = prepare({"image": image, "label": label})
+    ab = scheduler.alphas_cumprod[kwargs["timesteps"]].view(-1, 1, 1, 1)
+    mask = kwargs["clean_mask"]
+    # x_t = sqrt(ab) x0 + sqrt(1-ab) eps and v = sqrt(ab) eps - sqrt(1-ab) x0  =>  eps = sqrt(1-ab) x_t + sqrt(ab) v
+    eps_mask = (1 - ab).sqrt() * inputs[:, :1] + ab.sqrt() * targets[:, :1]
+    torch.testing.assert_close(targets[:, :1], ab.sqrt() * eps_mask - (1 - ab).sqrt() * mask, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ab.sqrt() * inputs[:, 1:] - (1 - ab).sqrt() * targets[:, 1:], image, rtol=1e-4, atol=1e-4)
