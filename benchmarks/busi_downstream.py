@@ -53,16 +53,40 @@ def generators(regime: int, work: Path, args: argparse.Namespace) -> dict[str, P
     common = ["--ckpt_dir", str(models), "--seed", "0"]
     if not (models / "model.pt").is_file():
         epochs = max(1, round(args.generator_iterations / args.iterations_per_epoch))
-        bundle(["train.json"], "--dataset_dir", args.dataset_dir, "--max_pairs", str(regime), "--output_dir",
-               str(work / "train"), "--iterations_per_epoch", str(args.iterations_per_epoch), "--max_epochs",
-               str(epochs), "--preview_interval", "4", *common)
+        bundle(
+            ["train.json"],
+            "--dataset_dir",
+            args.dataset_dir,
+            "--max_pairs",
+            str(regime),
+            "--output_dir",
+            str(work / "train"),
+            "--iterations_per_epoch",
+            str(args.iterations_per_epoch),
+            "--max_epochs",
+            str(epochs),
+            "--preview_interval",
+            "4",
+            *common,
+        )
     pig, masked = work / "pig", work / "mask_conditioned"
     steps = ["--num_inference_steps", str(args.sampling_steps)]
     if not complete(pig, 4 * regime):
         bundle(["inference.json"], "--output_dir", str(pig), "--num_pairs", str(4 * regime), *steps, *common)
     if not complete(masked, 2 * regime):
-        bundle(["inference.json", "mask_conditioned.json"], "--dataset_dir", args.dataset_dir, "--max_pairs",
-               str(regime), "--output_dir", str(masked), "--num_pairs", str(2 * regime), *steps, *common)
+        bundle(
+            ["inference.json", "mask_conditioned.json"],
+            "--dataset_dir",
+            args.dataset_dir,
+            "--max_pairs",
+            str(regime),
+            "--output_dir",
+            str(masked),
+            "--num_pairs",
+            str(2 * regime),
+            *steps,
+            *common,
+        )
     return {"pig": pig, "mask_conditioned": masked}
 
 
@@ -96,29 +120,54 @@ def fid_comparison(work: Path, args: argparse.Namespace, regime: int) -> dict[st
     models = work / "models_unconditional"
     if not (models / "model.pt").is_file():
         epochs = max(1, round(args.generator_iterations / args.iterations_per_epoch))
-        bundle(["train.json", "unconditional.json"], "--dataset_dir", args.dataset_dir, "--max_pairs", str(regime),
-               "--output_dir", str(work / "train_unconditional"), "--ckpt_dir", str(models), "--iterations_per_epoch",
-               str(args.iterations_per_epoch), "--max_epochs", str(epochs), "--seed", "0")
+        bundle(
+            ["train.json", "unconditional.json"],
+            "--dataset_dir",
+            args.dataset_dir,
+            "--max_pairs",
+            str(regime),
+            "--output_dir",
+            str(work / "train_unconditional"),
+            "--ckpt_dir",
+            str(models),
+            "--iterations_per_epoch",
+            str(args.iterations_per_epoch),
+            "--max_epochs",
+            str(epochs),
+            "--seed",
+            "0",
+        )
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "unconditional.json")])
     net = load_weights(parser.get_parsed_content("network_def"), str(models / "model.pt")).eval()
     sampler = ImageSampler(parser.get_parsed_content("noise_scheduler"), args.sampling_steps)
     count = args.fid_images
     generator = torch.Generator().manual_seed(1)
-    uncond = torch.cat([sampler(lambda x, t: net(x, t), torch.randn(16, 1, 64, 64, generator=generator))
-                        for _ in range((count + 15) // 16)])[:count].clamp(-1, 1)
+    uncond = torch.cat(
+        [
+            sampler(lambda x, t: net(x, t), torch.randn(16, 1, 64, 64, generator=generator))
+            for _ in range((count + 15) // 16)
+        ]
+    )[:count].clamp(-1, 1)
     writer = PairWriter(str(work / "pig"))
     pig = [writer.read(i)[0] for i in range(count)]
     test = [p["image"] for p in load_dataset(args.dataset_dir, split="test", image_size=64)]
-    result = {"images": count, "real_test_images": len(test), "sampling_steps": args.sampling_steps,
-              "fid_pig": compute_fid(pig, test), "fid_unconditional_ddim": compute_fid(uncond.numpy(), test)}
+    result = {
+        "images": count,
+        "real_test_images": len(test),
+        "sampling_steps": args.sampling_steps,
+        "fid_pig": compute_fid(pig, test),
+        "fid_unconditional_ddim": compute_fid(uncond.numpy(), test),
+    }
     out.write_text(json.dumps(result, indent=2))
     return result
 
 
 def table(all_results: dict[str, dict]) -> str:
-    lines = ["| regime | condition | runs | " + " | ".join(REPORTED) + " | empty GT predicted empty |",
-             "|---|---|---|" + "---|" * (len(REPORTED) + 1)]
+    lines = [
+        "| regime | condition | runs | " + " | ".join(REPORTED) + " | empty GT predicted empty |",
+        "|---|---|---|" + "---|" * (len(REPORTED) + 1),
+    ]
     for regime, results in all_results.items():
         for name, agg in results["aggregate"].items():
             cells = []
@@ -128,8 +177,11 @@ def table(all_results: dict[str, dict]) -> str:
                 mean, std = stats.get("mean"), stats.get("std")
                 cells.append("-" if mean is None else f"{mean:.3f} ± {std:.3f}" if std is not None else f"{mean:.3f}")
             empty = (metrics.get("empty_gt_pred_empty_fraction") or {}).get("mean")
-            lines.append(f"| {regime} | {name} | {agg.get('runs', '-')} | " + " | ".join(cells) +
-                         f" | {'-' if empty is None else f'{empty:.2f}'} |")
+            lines.append(
+                f"| {regime} | {name} | {agg.get('runs', '-')} | "
+                + " | ".join(cells)
+                + f" | {'-' if empty is None else f'{empty:.2f}'} |"
+            )
     return "\n".join(lines)
 
 
@@ -153,9 +205,15 @@ def main() -> None:
         work = root / f"n{regime}"
         folders = generators(regime, work, args)
         all_results[str(regime)] = run_segmentation_evaluation(
-            real={"dataset_dir": args.dataset_dir}, conditions=conditions(regime, folders), seeds=args.seeds,
-            iterations=args.seg_iterations, output_dir=str(work / "evaluation"), max_pairs=regime, subset_seed=0,
-            baseline="real")
+            real={"dataset_dir": args.dataset_dir},
+            conditions=conditions(regime, folders),
+            seeds=args.seeds,
+            iterations=args.seg_iterations,
+            output_dir=str(work / "evaluation"),
+            max_pairs=regime,
+            subset_seed=0,
+            baseline="real",
+        )
     summary = {"regimes": all_results, "settings": vars(args)}
     if args.fid:
         summary["fid"] = fid_comparison(root / f"n{max(args.regimes)}", args, max(args.regimes))

@@ -63,13 +63,33 @@ def main() -> None:
     start = time.perf_counter()
     if not (models / "model.pt").is_file():
         extra = ["--max_pairs", args.max_pairs] if args.max_pairs else []
-        bundle("train.json", "--dataset_dir", args.dataset_dir, "--output_dir", str(train_out), *common,
-               "--iterations_per_epoch", str(args.iterations_per_epoch), "--max_epochs", str(args.epochs), *extra)
-    bundle("inference.json", *common, "--output_dir", str(generated), "--num_pairs", str(args.num_pairs),
-           "--num_inference_steps", str(args.num_inference_steps))
+        bundle(
+            "train.json",
+            "--dataset_dir",
+            args.dataset_dir,
+            "--output_dir",
+            str(train_out),
+            *common,
+            "--iterations_per_epoch",
+            str(args.iterations_per_epoch),
+            "--max_epochs",
+            str(args.epochs),
+            *extra,
+        )
+    bundle(
+        "inference.json",
+        *common,
+        "--output_dir",
+        str(generated),
+        "--num_pairs",
+        str(args.num_pairs),
+        "--num_inference_steps",
+        str(args.num_inference_steps),
+    )
 
-    real = load_dataset(args.dataset_dir, split="train", image_size=64,
-                        max_pairs=int(args.max_pairs) if args.max_pairs else None)
+    real = load_dataset(
+        args.dataset_dir, split="train", image_size=64, max_pairs=int(args.max_pairs) if args.max_pairs else None
+    )
     writer = PairWriter(str(generated))
     fake = [writer.read(i) for i in range(args.num_pairs)]
     stats = {
@@ -79,8 +99,14 @@ def main() -> None:
     curve = loss_curve(train_out / "loss_history.csv")
     lines = ["## Loss curve (mean MSE per epoch)", "", "| epoch | iterations | loss | minutes |", "|---|---|---|---|"]
     lines += [f"| {e} | {e * args.iterations_per_epoch} | {loss:.4f} | {m:.1f} |" for e, loss, m in curve]
-    lines += ["", f"## Generated ({args.num_pairs} pairs, {args.num_inference_steps} DDIM steps) vs real", "",
-              compare_statistics(stats), "", f"benchmark wall time this invocation: {(time.perf_counter() - start) / 60:.1f} min"]
+    lines += [
+        "",
+        f"## Generated ({args.num_pairs} pairs, {args.num_inference_steps} DDIM steps) vs real",
+        "",
+        compare_statistics(stats),
+        "",
+        f"benchmark wall time this invocation: {(time.perf_counter() - start) / 60:.1f} min",
+    ]
     summary = "\n".join(lines)
     (work / "summary.md").write_text(summary + "\n")
     (work / "summary.json").write_text(json.dumps({"loss_curve": curve, "statistics": stats}, indent=2))

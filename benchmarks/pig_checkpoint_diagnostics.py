@@ -56,7 +56,7 @@ def main() -> None:
     batch = real[: args.pairs]
     image = torch.stack([torch.as_tensor(p["image"]) for p in batch])
     mask = encode_mask(torch.stack([torch.as_tensor(p["label"]) for p in batch]))
-    print(f"| t | output MSE mask | output MSE image | x0 MAE mask | x0 MAE image |\n|---|---|---|---|---|")
+    print("| t | output MSE mask | output MSE image | x0 MAE mask | x0 MAE image |\n|---|---|---|---|---|")
     for t in args.timesteps:
         tt = torch.full((len(batch),), t)
         noise_x, noise_y = torch.randn_like(mask), torch.randn_like(image)
@@ -72,10 +72,13 @@ def main() -> None:
 
     generator = torch.Generator().manual_seed(0)
     shape = (args.samples, 1, *image.shape[-2:])
-    x0, y0 = PairedSampler(scheduler, args.steps)(net, torch.randn(shape, generator=generator),
-                                                   torch.randn(shape, generator=generator))
-    print(f"\nraw samples ({args.steps} DDIM steps): mask std {x0.std():.2f}, image std {y0.std():.2f}, "
-          f"max |image| {y0.abs().max():.1f}\n")
+    x0, y0 = PairedSampler(scheduler, args.steps)(
+        net, torch.randn(shape, generator=generator), torch.randn(shape, generator=generator)
+    )
+    print(
+        f"\nraw samples ({args.steps} DDIM steps): mask std {x0.std():.2f}, image std {y0.std():.2f}, "
+        f"max |image| {y0.abs().max():.1f}\n"
+    )
     stats = {
         "real train": pair_statistics([p["image"] for p in real], [p["label"] for p in real]),
         "generated": pair_statistics(y0.clamp(-1, 1).numpy(), decode_mask(x0).numpy()),

@@ -561,9 +561,7 @@ def load_pairs(
     size = _image_size(image_size)
     pairs: list[dict] = []
     for index, item in enumerate(datalist):
-        pairs.extend(
-            _load_one(item, index, size, int(num_classes), slice_axis, skip_empty_slices, intensity_window)
-        )
+        pairs.extend(_load_one(item, index, size, int(num_classes), slice_axis, skip_empty_slices, intensity_window))
     return pairs
 
 
@@ -590,19 +588,27 @@ def synthetic_pairs(num_pairs: int = 64, image_size: int | tuple[int, int] = 64,
     pairs = []
     for i in range(num_pairs):
         image, seg = create_test_image_2d(
-            height, width, num_objs=4, rad_max=rad_max, rad_min=rad_min, noise_max=0.3, num_seg_classes=1,
+            height,
+            width,
+            num_objs=4,
+            rad_max=rad_max,
+            rad_min=rad_min,
+            noise_max=0.3,
+            num_seg_classes=1,
             random_state=rng,
         )
         pixels = np.rint(image * 255.0).astype(np.uint8)
-        pairs.append({
-            "image": uint8_to_unit(pixels)[None],
-            "label": (seg > 0).astype(np.int64)[None],
-            "name": f"synthetic_{i:04d}",
-            "format": "png",
-            "source": "synthetic",
-            "slice": None,
-            "affine": None,
-        })
+        pairs.append(
+            {
+                "image": uint8_to_unit(pixels)[None],
+                "label": (seg > 0).astype(np.int64)[None],
+                "name": f"synthetic_{i:04d}",
+                "format": "png",
+                "source": "synthetic",
+                "slice": None,
+                "affine": None,
+            }
+        )
     return pairs
 
 
@@ -637,8 +643,9 @@ def load_dataset(
     contained in larger ones). With ``num_classes > 2`` and both ``masks/`` and ``labels/`` present, ``labels/`` is
     used (masks/ is the binary convention), unless ``mask_dir`` says otherwise.
     """
-    if max_pairs is not None and (isinstance(max_pairs, bool) or not isinstance(max_pairs, (int, np.integer))
-                                  or max_pairs < 1):
+    if max_pairs is not None and (
+        isinstance(max_pairs, bool) or not isinstance(max_pairs, (int, np.integer)) or max_pairs < 1
+    ):
         raise DataError(f"max_pairs must be a positive integer or None, got {max_pairs!r}.")
     split = None if _is_unset(split) else split
     if _is_unset(dataset_dir) and _is_unset(datalist):

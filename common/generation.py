@@ -73,7 +73,11 @@ def generate_pairs(
     missing = [i for i in range(num_pairs) if not writer.is_complete(i)]
     logger.info(
         "generating %d of %d pairs into %s (%d already complete, %d partial files removed)",
-        len(missing), num_pairs, output_dir, num_pairs - len(missing), cleaned,
+        len(missing),
+        num_pairs,
+        output_dir,
+        num_pairs - len(missing),
+        cleaned,
     )
     model = model.to(device).eval()
     start = time.perf_counter()
@@ -84,23 +88,45 @@ def generate_pairs(
         image_noise = pair_noise(indices, (image_channels, *size), seed + 1).to(device)
         masks, images = sampler(model, mask_noise, image_noise, indices=indices)
         if masks is None:
-            raise InputError(f"the sampler {type(sampler).__name__} generates images without masks; it cannot write pairs.")
+            raise InputError(
+                f"the sampler {type(sampler).__name__} generates images without masks; it cannot write pairs."
+            )
         labels = decode_mask(masks).cpu()
         images = images.clamp(-1.0, 1.0).cpu()
         for j, index in enumerate(indices):
             writer.write(index, images[j], labels[j])
         elapsed = time.perf_counter() - start
         done = b * batch_size + len(indices)
-        logger.info("batch %d/%d: %d/%d pairs, %.1f s (%.2f s/pair)", b + 1, num_batches, done, len(missing), elapsed, elapsed / done)
+        logger.info(
+            "batch %d/%d: %d/%d pairs, %.1f s (%.2f s/pair)",
+            b + 1,
+            num_batches,
+            done,
+            len(missing),
+            elapsed,
+            elapsed / done,
+        )
     items = [dict(zip(("image", "label"), writer.paths(i))) for i in range(num_pairs)]
     datalist_path = os.path.join(output_dir, "datalist.json")
-    labels_map = class_names or ({"0": "background", "1": "foreground"} if num_classes == 2 else {str(k): f"class_{k}" for k in range(num_classes)})
-    write_datalist(datalist_path, items, key="training", numTraining=num_pairs, labels=labels_map,
-                   description=f"{num_pairs} synthetic pairs, seed {seed}")
+    labels_map = class_names or (
+        {"0": "background", "1": "foreground"}
+        if num_classes == 2
+        else {str(k): f"class_{k}" for k in range(num_classes)}
+    )
+    write_datalist(
+        datalist_path,
+        items,
+        key="training",
+        numTraining=num_pairs,
+        labels=labels_map,
+        description=f"{num_pairs} synthetic pairs, seed {seed}",
+    )
     preview_path = os.path.join(output_dir, "preview.png")
     shown = list(range(min(preview_pairs, num_pairs)))
     images, labels = zip(*(writer.read(i) for i in shown))
-    save_preview_grid(preview_path, np.stack(images), np.stack(labels), num_classes=num_classes, max_pairs=preview_pairs)
+    save_preview_grid(
+        preview_path, np.stack(images), np.stack(labels), num_classes=num_classes, max_pairs=preview_pairs
+    )
     seconds = time.perf_counter() - start
     summary = {
         "num_pairs": num_pairs,

@@ -48,8 +48,14 @@ class TrainingCheckpointer:
     """
 
     def __init__(
-        self, ckpt_dir: str, network: torch.nn.Module, optimizer: torch.optim.Optimizer, save_interval: int = 1,
-        resume: bool = True, final_filename: str = "model.pt", final_model: torch.nn.Module | None = None,
+        self,
+        ckpt_dir: str,
+        network: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        save_interval: int = 1,
+        resume: bool = True,
+        final_filename: str = "model.pt",
+        final_model: torch.nn.Module | None = None,
         extra: dict[str, Any] | None = None,
     ) -> None:
         self.ckpt_dir = ckpt_dir
@@ -69,12 +75,18 @@ class TrainingCheckpointer:
             logger.info("resuming from %s", previous)
             CheckpointLoader(load_path=previous, load_dict=state, map_location=str(engine.state.device)).attach(engine)
         CheckpointSaver(
-            save_dir=self.ckpt_dir, save_dict=state, save_interval=self.save_interval, n_saved=1,
+            save_dir=self.ckpt_dir,
+            save_dict=state,
+            save_interval=self.save_interval,
+            n_saved=1,
             file_prefix="",
         ).attach(engine)
         CheckpointSaver(
-            save_dir=self.ckpt_dir, save_dict={"network": self.final_model or self.network}, save_final=True,
-            save_interval=0, final_filename=self.final_filename,
+            save_dir=self.ckpt_dir,
+            save_dict={"network": self.final_model or self.network},
+            save_final=True,
+            save_interval=0,
+            final_filename=self.final_filename,
         ).attach(engine)
 
 
@@ -83,7 +95,9 @@ class LossHistoryHandler:
 
     def __init__(self, path: str, output_transform: Callable[[Any], float] | None = None) -> None:
         self.path = path
-        self.output_transform = output_transform or (lambda out: out[0]["loss"] if isinstance(out, list) else out["loss"])
+        self.output_transform = output_transform or (
+            lambda out: out[0]["loss"] if isinstance(out, list) else out["loss"]
+        )
         self._rows: list[tuple] = []
         self._start = time.perf_counter()
 
@@ -94,7 +108,9 @@ class LossHistoryHandler:
     def _record(self, engine: Engine) -> None:
         loss = self.output_transform(engine.state.output)
         loss = float(loss.item() if torch.is_tensor(loss) else loss)
-        self._rows.append((engine.state.iteration, engine.state.epoch, f"{loss:.6f}", f"{time.perf_counter() - self._start:.2f}"))
+        self._rows.append(
+            (engine.state.iteration, engine.state.epoch, f"{loss:.6f}", f"{time.perf_counter() - self._start:.2f}")
+        )
 
     def _flush(self, engine: Engine) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
@@ -150,7 +166,8 @@ class PairPreviewHandler:
         path = self.path_pattern.format(epoch=engine.state.epoch)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         labels = decode_mask(masks).cpu() if masks is not None else torch.zeros_like(images[:, :1], dtype=torch.long)
-        save_preview_grid(path, images.clamp(-1, 1).cpu(), labels, num_classes=self.num_classes,
-                          max_pairs=self.num_pairs)
+        save_preview_grid(
+            path, images.clamp(-1, 1).cpu(), labels, num_classes=self.num_classes, max_pairs=self.num_pairs
+        )
         logger.info("preview of %d sampled pairs written to %s", self.num_pairs, path)
         network.train(was_training)

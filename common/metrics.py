@@ -285,8 +285,9 @@ class InceptionFeatures:
     ) -> None:
         if not callable(network):
             raise InputError(f"'network' must be callable, got {type(network).__name__}.")
-        if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer))
-                                       or image_size < 1):
+        if image_size is not None and (
+            isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1
+        ):
             raise InputError(f"'image_size' must be a positive integer or None, got {image_size!r}.")
         low, high = (float(v) for v in input_range)
         if not low < high:
@@ -540,8 +541,12 @@ def _labels_batch(labels: Images, start: int, stop: int, num_classes: int) -> to
 def _predict(segmenter: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Class map (B, H, W): argmax over ``num_classes`` logit channels, or logit > 0 for one binary channel."""
     out = segmenter(images)
-    if not isinstance(out, torch.Tensor) or out.ndim != 4 or out.shape[0] != images.shape[0] \
-            or tuple(out.shape[-2:]) != tuple(images.shape[-2:]):
+    if (
+        not isinstance(out, torch.Tensor)
+        or out.ndim != 4
+        or out.shape[0] != images.shape[0]
+        or tuple(out.shape[-2:]) != tuple(images.shape[-2:])
+    ):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise InputError(
             f"the segmenter must return logits (B, C, H, W) matching its input {tuple(images.shape)}, got {shape}."

@@ -7,8 +7,8 @@ Notation follows the paper: ``x`` is the mask stream, ``y`` the image stream.
   training and the guider's x0 estimate during sampling.
 
 Keeping both in one ``nn.Module`` lets a stock MONAI ``SupervisedTrainer`` (one network, one optimizer, one checkpoint)
-train them jointly: the forward pass returns ``cat([eps_x, eps_y])`` so an MSE against ``cat([eps_1, eps_2])`` is the sum
-of both papers' losses (up to the channel-count weighting of the mean).
+train them jointly: the forward pass returns ``cat([eps_x, eps_y])`` so an MSE against ``cat([eps_1, eps_2])`` is
+the sum of both losses of the paper (up to the channel-count weighting of the mean).
 """
 
 from __future__ import annotations

@@ -32,7 +32,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def scheduler_step(scheduler: Any, model_output: torch.Tensor, timestep: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+def scheduler_step(
+    scheduler: Any, model_output: torch.Tensor, timestep: torch.Tensor, sample: torch.Tensor
+) -> torch.Tensor:
     """x_{t-1} from a scheduler's ``step``, whichever return convention it has (MONAI tuple or diffusers output)."""
     out = scheduler.step(model_output, timestep, sample)
     if isinstance(out, tuple):
@@ -154,5 +156,7 @@ class UnconditionalSampler:
         self.image_sampler = ImageSampler(scheduler, num_inference_steps)
 
     @torch.no_grad()
-    def __call__(self, model, mask_noise: torch.Tensor, image_noise: torch.Tensor, indices=None) -> tuple[None, torch.Tensor]:
+    def __call__(
+        self, model, mask_noise: torch.Tensor, image_noise: torch.Tensor, indices=None
+    ) -> tuple[None, torch.Tensor]:
         return None, self.image_sampler(lambda y_t, t: model(y_t, t), image_noise)

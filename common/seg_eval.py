@@ -89,13 +89,21 @@ NETWORKS: dict[str, dict[str, Any]] = {
     "swin_unetr": {"feature_size": 12},
 }
 _NETWORK_CLASSES: dict[str, type[torch.nn.Module]] = {
-    "unet": UNet, "attention_unet": AttentionUnet, "swin_unetr": SwinUNETR,
+    "unet": UNet,
+    "attention_unet": AttentionUnet,
+    "swin_unetr": SwinUNETR,
 }
 # DESIGN §5 measured 1500 iterations of a MONAI UNet at 64² (BUSI, 50 real pairs: Dice ~0.33); batch 16 and Adam 1e-3
 # are the usual MONAI tutorial values and take ~0.06 s per step on one CPU thread.
 DEFAULTS: dict[str, Any] = {
-    "network": "unet", "image_size": 64, "num_classes": 2, "iterations": 1500, "batch_size": 16, "lr": 1e-3,
-    "seeds": (0, 1, 2), "eval_batch_size": 32,
+    "network": "unet",
+    "image_size": 64,
+    "num_classes": 2,
+    "iterations": 1500,
+    "batch_size": 16,
+    "lr": 1e-3,
+    "seeds": (0, 1, 2),
+    "eval_batch_size": 32,
 }
 METRICS = ("dice", "iou", "precision", "recall", "hd95", "assd")
 _DISTANCES = ("hd95", "assd")
@@ -203,8 +211,11 @@ def save_segmenter(
 ) -> None:
     """Save weights with what :func:`load_segmenter` needs to rebuild the network (atomic)."""
     payload = {
-        "network": _network_key(network), "num_classes": int(num_classes), "image_size": list(_size(image_size)),
-        "network_kwargs": dict(network_kwargs or {}), "state_dict": model.state_dict(),
+        "network": _network_key(network),
+        "num_classes": int(num_classes),
+        "image_size": list(_size(image_size)),
+        "network_kwargs": dict(network_kwargs or {}),
+        "state_dict": model.state_dict(),
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
@@ -215,8 +226,9 @@ def load_segmenter(path: str | os.PathLike, device: str | torch.device = "cpu") 
     if not os.path.isfile(path):
         raise InputError(f"segmenter weights '{path}' do not exist.")
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    model = build_segmenter(payload["network"], payload["num_classes"], payload["image_size"],
-                            network_kwargs=payload["network_kwargs"])
+    model = build_segmenter(
+        payload["network"], payload["num_classes"], payload["image_size"], network_kwargs=payload["network_kwargs"]
+    )
     model.load_state_dict(payload["state_dict"])
     return model.to(torch.device(device)).eval()
 
@@ -236,8 +248,14 @@ def augmentation() -> list[Callable]:
     keys = ["image", "label"]
     return [
         RandFlipd(keys=keys, prob=0.5, spatial_axis=1),
-        RandAffined(keys=keys, prob=0.5, rotate_range=math.radians(15), scale_range=(0.1, 0.1),
-                    mode=("bilinear", "nearest"), padding_mode="border"),
+        RandAffined(
+            keys=keys,
+            prob=0.5,
+            rotate_range=math.radians(15),
+            scale_range=(0.1, 0.1),
+            mode=("bilinear", "nearest"),
+            padding_mode="border",
+        ),
         RandAdjustContrastd(keys="image", prob=0.3, gamma=(0.7, 1.5)),
         RandScaleIntensityFixedMeand(keys="image", prob=0.3, factors=0.2),
         RandGaussianNoised(keys="image", prob=0.2, mean=0.0, std=0.05),
@@ -248,12 +266,14 @@ def _training_dataset(pairs: Sequence[Mapping[str, Any]], augment: bool, seed: i
     items = training_items(pairs)
     if not augment:
         return Dataset(data=items)
-    transform = Compose([
-        EnsureTyped(keys=["image", "label"], track_meta=False),
-        *augmentation(),
-        EnsureTyped(keys="image", dtype=torch.float32, track_meta=False),
-        EnsureTyped(keys="label", dtype=torch.long, track_meta=False),
-    ])
+    transform = Compose(
+        [
+            EnsureTyped(keys=["image", "label"], track_meta=False),
+            *augmentation(),
+            EnsureTyped(keys="image", dtype=torch.float32, track_meta=False),
+            EnsureTyped(keys="label", dtype=torch.long, track_meta=False),
+        ]
+    )
     transform.set_random_state(seed=seed)
     return Dataset(data=items, transform=transform)
 
@@ -286,10 +306,16 @@ def train_segmenter(
     model = model.to(device).train()
     loader = iteration_loader(_training_dataset(pairs, augment, seed), batch_size, int(iterations), seed=seed)
     trainer = SupervisedTrainer(
-        device=device, max_epochs=1, train_data_loader=loader, network=model,
+        device=device,
+        max_epochs=1,
+        train_data_loader=loader,
+        network=model,
         optimizer=torch.optim.Adam(model.parameters(), lr=lr),
-        loss_function=DiceCELoss(to_onehot_y=True, softmax=True), inferer=SimpleInferer(),
-        train_handlers=list(handlers), amp=False, decollate=False,
+        loss_function=DiceCELoss(to_onehot_y=True, softmax=True),
+        inferer=SimpleInferer(),
+        train_handlers=list(handlers),
+        amp=False,
+        decollate=False,
     )
     losses: list[float] = []
 
@@ -302,7 +328,7 @@ def train_segmenter(
     start = time.perf_counter()
     trainer.run()
     model.eval()
-    tail = losses[-max(1, len(losses) // 10):]
+    tail = losses[-max(1, len(losses) // 10) :]
     return {"final_loss": float(np.mean(tail)), "seconds": time.perf_counter() - start}
 
 
@@ -323,15 +349,18 @@ def _stack(images: Any, what: str) -> torch.Tensor:
 
 @torch.no_grad()
 def predict(
-    model: torch.nn.Module, images: Any, batch_size: int = DEFAULTS["eval_batch_size"],
+    model: torch.nn.Module,
+    images: Any,
+    batch_size: int = DEFAULTS["eval_batch_size"],
     device: str | torch.device = "cpu",
 ) -> np.ndarray:
     """Argmax class indices int64 (N, 1, H, W) for images in [-1, 1], (N, 1, H, W) or a list of (1, H, W)."""
     x = _stack(images, "images").float()
     device = torch.device(device)
     model = model.to(device).eval()
-    out = [model(x[i:i + batch_size].to(device)).argmax(dim=1, keepdim=True).cpu()
-           for i in range(0, len(x), batch_size)]
+    out = [
+        model(x[i : i + batch_size].to(device)).argmax(dim=1, keepdim=True).cpu() for i in range(0, len(x), batch_size)
+    ]
     return torch.cat(out).numpy().astype(np.int64) if out else np.zeros((0, *x.shape[1:]), np.int64)
 
 
@@ -368,8 +397,9 @@ def pair_metrics(prediction: Any, ground_truth: Any, num_classes: int = 2) -> li
         ):
             metric(p, g)
             values[name] = metric.aggregate().cpu().numpy()
-        confusion = ConfusionMatrixMetric(include_background=False, metric_name=("precision", "recall"),
-                                          reduction="none")
+        confusion = ConfusionMatrixMetric(
+            include_background=False, metric_name=("precision", "recall"), reduction="none"
+        )
         confusion(p, g)
         precision, recall = (v.cpu().numpy() for v in confusion.aggregate())
         values["precision"], values["recall"] = precision, recall
@@ -471,8 +501,10 @@ def aggregate(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
             "runs": len(metrics),
             "metrics": {k: _stats([m.get(k) for m in metrics]) for k in keys},
             "per_class": {
-                c: {k: _stats([m["per_class"][c].get(k) for m in metrics])
-                    for k in _numeric_keys(metrics[0]["per_class"][c])}
+                c: {
+                    k: _stats([m["per_class"][c].get(k) for m in metrics])
+                    for k in _numeric_keys(metrics[0]["per_class"][c])
+                }
                 for c in classes
             },
         }
@@ -487,8 +519,11 @@ def paired_differences(
     conditions = list(dict.fromkeys(r["condition"] for r in runs if r["condition"] != baseline))
     result = {}
     for condition in conditions:
-        matched = [(r["metrics"], base[(r["seed"], r["fold"])]) for r in runs
-                   if r["condition"] == condition and (r["seed"], r["fold"]) in base]
+        matched = [
+            (r["metrics"], base[(r["seed"], r["fold"])])
+            for r in runs
+            if r["condition"] == condition and (r["seed"], r["fold"]) in base
+        ]
         result[condition] = {
             k: _stats([m[k] - b[k] if m.get(k) is not None and b.get(k) is not None else None for m, b in matched])
             for k in keys
@@ -605,8 +640,12 @@ def _check_conditions(conditions: Any, folds: int | None) -> dict[str, dict[str,
         use_real = spec.get("real", True)
         if not use_real and not folders:
             raise InputError(f"condition '{name}' has no training data: 'real' is false and 'synthetic' is empty.")
-        checked[name] = {"real": use_real, "synthetic": folders, "augment": spec.get("augment", False),
-                         "max_synthetic": max_synthetic}
+        checked[name] = {
+            "real": use_real,
+            "synthetic": folders,
+            "augment": spec.get("augment", False),
+            "max_synthetic": max_synthetic,
+        }
     return checked
 
 
@@ -626,8 +665,10 @@ def _check_real(real: Any, folds: int | None) -> dict[str, Any]:
     if "dataset_dir" not in real and "datalist" not in real:
         raise InputError("'dataset_dir' (or 'datalist') must be set: the evaluation needs real pairs to test on.")
     if folds is None and "split" in real:
-        raise InputError("'real' key 'split' chooses the pairs to cross-validate and needs 'folds'; "
-                         "use 'train_split' and 'test_split' for a fixed split.")
+        raise InputError(
+            "'real' key 'split' chooses the pairs to cross-validate and needs 'folds'; "
+            "use 'train_split' and 'test_split' for a fixed split."
+        )
     return real
 
 
@@ -731,8 +772,14 @@ def run_segmentation_evaluation(
     # real data, loaded once: a fixed split, or the pool the folds are cut from
     load_kwargs = {k: v for k, v in real.items() if k != "split"}
     if folds is None:
-        train_real = load_dataset(**load_kwargs, split=train_split, image_size=image_size, num_classes=num_classes,
-                                  max_pairs=max_pairs, seed=subset_seed)
+        train_real = load_dataset(
+            **load_kwargs,
+            split=train_split,
+            image_size=image_size,
+            num_classes=num_classes,
+            max_pairs=max_pairs,
+            seed=subset_seed,
+        )
         test_real = load_dataset(**load_kwargs, split=test_split, image_size=image_size, num_classes=num_classes)
         shared = {_pair_key(p) for p in train_real} & {_pair_key(p) for p in test_real}
         if shared:
@@ -764,10 +811,18 @@ def run_segmentation_evaluation(
                     synthetic_cache[folder] = load_synthetic(folder, image_size, num_classes)
 
     common_settings = {
-        "real": real, "train_split": train_split if folds is None else None,
-        "test_split": test_split if folds is None else None, "folds": folds, "max_pairs": max_pairs,
-        "subset_seed": subset_seed, "network": network, "network_kwargs": dict(network_kwargs or {}),
-        "image_size": image_size, "num_classes": num_classes, "iterations": iterations, "batch_size": batch_size,
+        "real": real,
+        "train_split": train_split if folds is None else None,
+        "test_split": test_split if folds is None else None,
+        "folds": folds,
+        "max_pairs": max_pairs,
+        "subset_seed": subset_seed,
+        "network": network,
+        "network_kwargs": dict(network_kwargs or {}),
+        "image_size": image_size,
+        "num_classes": num_classes,
+        "iterations": iterations,
+        "batch_size": batch_size,
         "lr": lr,
     }
     output_dir = Path(output_dir)
@@ -780,23 +835,46 @@ def run_segmentation_evaluation(
             for fold, train_real, test_real in splits:
                 run_id = _run_id(condition, int(seed), fold)
                 path = runs_dir / f"{run_id}.json"
-                plan.append((condition, spec, settings, int(seed), fold, train_real, test_real, run_id, path,
-                             _read_run(path, settings)))
+                plan.append(
+                    (
+                        condition,
+                        spec,
+                        settings,
+                        int(seed),
+                        fold,
+                        train_real,
+                        test_real,
+                        run_id,
+                        path,
+                        _read_run(path, settings),
+                    )
+                )
     runs: list[dict[str, Any]] = []
     trained = 0
     for condition, spec, settings, seed, fold, train_real, test_real, run_id, path, run in plan:
         if run is not None:
             logger.info("run %s: already done, skipped (Dice %s).", run_id, _fmt(run["metrics"]["dice"]))
             if save_models and not (runs_dir / f"{run_id}.pt").is_file():
-                logger.warning("run %s was made without save_models, so it has no weights; delete %s to train it "
-                               "again.", run_id, path)
+                logger.warning(
+                    "run %s was made without save_models, so it has no weights; delete %s to train it again.",
+                    run_id,
+                    path,
+                )
             runs.append(run)
             continue
         synthetic = [synthetic_cache[folder_of(entry, fold)] for entry in spec["synthetic"]]
         pool = merge_training_pairs(train_real, synthetic, spec["real"], spec["max_synthetic"], subset_seed)
         n_real = len(train_real) if spec["real"] else 0
-        logger.info("run %s: training %s for %d iterations on %d pairs (%d real, %d synthetic)%s.", run_id, network,
-                    iterations, len(pool), n_real, len(pool) - n_real, " with augmentation" if spec["augment"] else "")
+        logger.info(
+            "run %s: training %s for %d iterations on %d pairs (%d real, %d synthetic)%s.",
+            run_id,
+            network,
+            iterations,
+            len(pool),
+            n_real,
+            len(pool) - n_real,
+            " with augmentation" if spec["augment"] else "",
+        )
         torch.manual_seed(seed)
         model = build_segmenter(network, num_classes, image_size, network_kwargs=network_kwargs)
         history = train_segmenter(model, pool, iterations, batch_size, lr, spec["augment"], seed, device)
@@ -804,34 +882,57 @@ def run_segmentation_evaluation(
         metrics = summarise_images(per_image, num_classes)
         if save_models:
             save_segmenter(model, runs_dir / f"{run_id}.pt", network, num_classes, image_size, network_kwargs)
-        run = _jsonable({
-            "condition": condition, "seed": seed, "fold": fold, "settings": settings,
-            "train_pairs_real": n_real, "train_pairs_synthetic": len(pool) - n_real,
-            "test_pairs": len(test_real), **history, "metrics": metrics, "per_image": per_image,
-            # to audit "no leakage": the generator must have seen exactly these real pairs
-            "train_real_names": [str(p.get("name")) for p in train_real] if spec["real"] else [],
-        })
+        run = _jsonable(
+            {
+                "condition": condition,
+                "seed": seed,
+                "fold": fold,
+                "settings": settings,
+                "train_pairs_real": n_real,
+                "train_pairs_synthetic": len(pool) - n_real,
+                "test_pairs": len(test_real),
+                **history,
+                "metrics": metrics,
+                "per_image": per_image,
+                # to audit "no leakage": the generator must have seen exactly these real pairs
+                "train_real_names": [str(p.get("name")) for p in train_real] if spec["real"] else [],
+            }
+        )
         atomic_write_bytes(path, (json.dumps(run, indent=1) + "\n").encode("utf-8"))
         trained += 1
         logger.info("run %s: Dice %s, %.0f s.", run_id, _fmt(metrics["dice"]), history["seconds"])
         runs.append(run)
 
-    summary_runs = [{k: v for k, v in r.items() if k not in ("per_image", "settings", "train_real_names")}
-                    for r in runs]
-    results = _jsonable({
-        "protocol": {**common_settings, "seeds": seeds, "baseline": baseline, "device": str(device),
-                     "conditions": conditions, "loss": "DiceCELoss(softmax)", "optimizer": "Adam"},
-        "conventions": CONVENTIONS,
-        "aggregate": aggregate(summary_runs),
-        "paired_vs_baseline": paired_differences(summary_runs, baseline),
-        "runs": summary_runs,
-    })
+    summary_runs = [
+        {k: v for k, v in r.items() if k not in ("per_image", "settings", "train_real_names")} for r in runs
+    ]
+    results = _jsonable(
+        {
+            "protocol": {
+                **common_settings,
+                "seeds": seeds,
+                "baseline": baseline,
+                "device": str(device),
+                "conditions": conditions,
+                "loss": "DiceCELoss(softmax)",
+                "optimizer": "Adam",
+            },
+            "conventions": CONVENTIONS,
+            "aggregate": aggregate(summary_runs),
+            "paired_vs_baseline": paired_differences(summary_runs, baseline),
+            "runs": summary_runs,
+        }
+    )
     # the summary files last: their presence means every run is in
     save_bar_chart(output_dir / "results.png", results["aggregate"], baseline)
     write_markdown(output_dir / "results.md", results)
     atomic_write_bytes(output_dir / "results.json", (json.dumps(results, indent=2) + "\n").encode("utf-8"))
-    logger.info("segmentation evaluation: %d run(s) trained, %d reused; results in %s.", trained,
-                len(runs) - trained, output_dir)
+    logger.info(
+        "segmentation evaluation: %d run(s) trained, %d reused; results in %s.",
+        trained,
+        len(runs) - trained,
+        output_dir,
+    )
     return results
 
 
@@ -851,8 +952,18 @@ def _cell(stats: Mapping[str, Any], runs: int, digits: int = 3) -> str:
 def _table(
     aggregated: Mapping[str, Any], paired: Mapping[str, Any] | None, baseline: str, part: str | None
 ) -> list[str]:
-    header = ["condition", "runs", "Dice", "IoU", "Precision", "Recall", "HD95 (px)", "ASSD (px)",
-              "missed (no HD95)", "empty GT → empty pred"]
+    header = [
+        "condition",
+        "runs",
+        "Dice",
+        "IoU",
+        "Precision",
+        "Recall",
+        "HD95 (px)",
+        "ASSD (px)",
+        "missed (no HD95)",
+        "empty GT → empty pred",
+    ]
     if paired is not None:
         header.append(f"ΔDice vs {baseline} (paired)")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -863,8 +974,9 @@ def _table(
         runs = summary["runs"]
         cells += [_cell(stats[m], runs, 2 if m in _DISTANCES else 3) for m in METRICS]
         cells.append(_cell(stats["hd95_missed"], runs, 1))
-        cells.append("none in test set" if not empty else
-                     f"{_cell(stats['empty_gt_pred_empty_fraction'], runs, 2)} of {empty:g}")
+        cells.append(
+            "none in test set" if not empty else f"{_cell(stats['empty_gt_pred_empty_fraction'], runs, 2)} of {empty:g}"
+        )
         if paired is not None:
             cells.append("—" if condition == baseline else _cell(paired[condition]["dice"], runs))
         lines.append("| " + " | ".join(cells) + " |")
@@ -875,17 +987,23 @@ def write_markdown(path: str | os.PathLike, results: Mapping[str, Any]) -> None:
     """``results.md``: condition × metrics (mean ± std over runs), per-class tables for multi-class, conventions."""
     protocol, aggregated = results["protocol"], results["aggregate"]
     baseline = protocol["baseline"]
-    split = (f"{protocol['folds']}-fold cross-validation" if protocol["folds"] else
-             f"trained on split '{protocol['train_split']}', tested on split '{protocol['test_split']}'")
+    split = (
+        f"{protocol['folds']}-fold cross-validation"
+        if protocol["folds"]
+        else f"trained on split '{protocol['train_split']}', tested on split '{protocol['test_split']}'"
+    )
     pairs = f"at most {protocol['max_pairs']}" if protocol["max_pairs"] else "all"
     source = protocol["real"].get("datalist") or protocol["real"].get("dataset_dir")
     lines = [
-        "# Downstream segmentation evaluation", "",
+        "# Downstream segmentation evaluation",
+        "",
         f"{protocol['network']} segmenter, {protocol['image_size']}² images, {protocol['num_classes']} classes, "
         f"{protocol['iterations']} iterations of batch {protocol['batch_size']} (Adam lr {protocol['lr']}, DiceCE); "
         f"{pairs} real training pairs (subset seed {protocol['subset_seed']}); {split}; "
         f"seeds {', '.join(map(str, protocol['seeds']))}. Data: `{source}`.",
-        "", "Foreground mean over classes, mean ± std over runs:", "",
+        "",
+        "Foreground mean over classes, mean ± std over runs:",
+        "",
         *_table(aggregated, results["paired_vs_baseline"], baseline, None),
     ]
     classes = list(next(iter(aggregated.values()))["per_class"]) if aggregated else []
@@ -895,8 +1013,10 @@ def write_markdown(path: str | os.PathLike, results: Mapping[str, Any]) -> None:
     lines += ["", "Conditions:", ""]
     for name, spec in protocol["conditions"].items():
         parts = ["real" if spec["real"] else "no real"] + (["augmentation"] if spec["augment"] else [])
-        parts += [f"synthetic `{s}`" + (f" (≤ {spec['max_synthetic']})" if spec["max_synthetic"] else "")
-                  for s in spec["synthetic"]]
+        parts += [
+            f"synthetic `{s}`" + (f" (≤ {spec['max_synthetic']})" if spec["max_synthetic"] else "")
+            for s in spec["synthetic"]
+        ]
         lines.append(f"- **{name}**: {', '.join(parts)}")
     lines += ["", "Conventions:", ""] + [f"- {k}: {v}" for k, v in results["conventions"].items()]
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
@@ -909,8 +1029,15 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def _text(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font: Any, align: str = "centre",
-          valign: str = "top", fill: Any = (0, 0, 0)) -> None:
+def _text(
+    draw: ImageDraw.ImageDraw,
+    xy: tuple[float, float],
+    text: str,
+    font: Any,
+    align: str = "centre",
+    valign: str = "top",
+    fill: Any = (0, 0, 0),
+) -> None:
     """Text placed by its bounding box (bitmap fonts have no anchors)."""
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     width, height = right - left, bottom - top
@@ -920,7 +1047,10 @@ def _text(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font: A
 
 
 def save_bar_chart(
-    path: str | os.PathLike, aggregated: Mapping[str, Any], baseline: str | None = None, metric: str = "dice",
+    path: str | os.PathLike,
+    aggregated: Mapping[str, Any],
+    baseline: str | None = None,
+    metric: str = "dice",
     title: str = "Dice on the test set (images with a lesion): mean ± std over runs",
 ) -> None:
     """A PNG bar chart of ``metric`` per condition with ±1 std error bars, drawn with Pillow (no matplotlib)."""
@@ -970,7 +1100,12 @@ def save_bar_chart(
                 lines[-1] = candidate
         for j, line in enumerate(lines):
             _text(draw, (centre, top + plot_h + 8 + 15 * j), line, font)
-        _text(draw, (centre, top + plot_h + 8 + 15 * len(lines)), f"{aggregated[name]['runs']} run(s)", font,
-              fill=(110, 110, 110))
+        _text(
+            draw,
+            (centre, top + plot_h + 8 + 15 * len(lines)),
+            f"{aggregated[name]['runs']} run(s)",
+            font,
+            fill=(110, 110, 110),
+        )
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")

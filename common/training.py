@@ -2,8 +2,8 @@
 
 * :class:`PairedDiffusionPrepareBatch` turns a batch of (image, label) into the noisy pair, the timesteps and the noise
   targets of Alg. 1 (both streams noised with the same t, independent noise).
-* :func:`iteration_loader` gives an iteration-based "epoch" (sampling with replacement), because datasets here range from
-  16 to 10^4 pairs and a fixed number of optimiser steps per epoch keeps checkpoints and logs comparable.
+* :func:`iteration_loader` gives an iteration-based "epoch" (sampling with replacement), because datasets here range
+  from 16 to 10^4 pairs and a fixed number of optimiser steps per epoch keeps checkpoints and logs comparable.
 * :func:`training_items` keeps only the tensors a batch needs (metadata such as affines may be ``None``).
 """
 
@@ -69,7 +69,9 @@ class PairedDiffusionPrepareBatch(PrepareBatch):
     def __call__(
         self, batchdata: Mapping[str, torch.Tensor], device=None, non_blocking: bool = False, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
-        image = torch.as_tensor(batchdata[self.image_key]).to(device=device, dtype=torch.float32, non_blocking=non_blocking)
+        image = torch.as_tensor(batchdata[self.image_key]).to(
+            device=device, dtype=torch.float32, non_blocking=non_blocking
+        )
         label = torch.as_tensor(batchdata[self.label_key]).to(device=device, non_blocking=non_blocking)
         mask = encode_mask(label.long(), self.num_classes).to(image.dtype)
         timesteps = sample_timesteps(image.shape[0], self.scheduler.num_train_timesteps, self.antithetic, image.device)
@@ -95,5 +97,7 @@ def iteration_loader(
     if batch_size < 1 or iterations_per_epoch < 1:
         raise ValueError(f"batch_size and iterations_per_epoch must be >= 1, got {batch_size}, {iterations_per_epoch}.")
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    sampler = RandomSampler(dataset, replacement=True, num_samples=batch_size * iterations_per_epoch, generator=generator)
+    sampler = RandomSampler(
+        dataset, replacement=True, num_samples=batch_size * iterations_per_epoch, generator=generator
+    )
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, **kwargs)

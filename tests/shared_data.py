@@ -1,4 +1,4 @@
-"""Where the project's real datasets are (../shared/data, or $PAIRED_SYNTH_DATA) and a skip marker for tests using them."""
+"""Where the project's real datasets are (../shared/data, or $PAIRED_SYNTH_DATA), and a skip marker for their tests."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["DATA", "needs"]
+__all__ = ["DATA", "REPO", "needs"]
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def shared_data_dir() -> Path:
     """../shared/data relative to the repo root, or $PAIRED_SYNTH_DATA."""
     override = os.environ.get("PAIRED_SYNTH_DATA")
-    return Path(override) if override else Path(__file__).resolve().parents[2] / "shared" / "data"
+    return Path(override) if override else REPO.parent / "shared" / "data"
 
 
 DATA = shared_data_dir()

@@ -112,8 +112,14 @@ def test_kill_leftovers_are_detected_and_removed(tmp_path):
 
     assert writer.remove_partial() == 4  # three tmp files + the image without a label
     assert _files(tmp_path) == sorted(
-        ["images/pair_000000.png", "labels/pair_000000.png", "images/notes.txt", "images/leftover",
-         "labels/leftover", "leftover"]
+        [
+            "images/pair_000000.png",
+            "labels/pair_000000.png",
+            "images/notes.txt",
+            "images/leftover",
+            "labels/leftover",
+            "leftover",
+        ]
     )
     assert writer.remove_partial() == 0
     writer.write(1, _image(1), _label(2, 1))

@@ -1,4 +1,4 @@
-"""Training pieces: the noisy-pair batch of Alg. 1, timestep sampling, the iteration loader, the paired model forward."""
+"""Training pieces: the noisy-pair batch of Alg. 1, timesteps, the iteration loader, the paired model forward."""
 
 from __future__ import annotations
 
@@ -78,8 +78,13 @@ def test_model_forward_conditions_image_model_on_clean_mask_or_guider_estimate()
     torch.testing.assert_close(image_model.inputs[0][:, :1], clean)
     torch.testing.assert_close(image_model.inputs[0][:, 1:], noisy[:, 1:])
 
-    model = PairedDiffusionModel(Recorder(1), image_model, image_condition="guider_x0",
-                                 alphas_cumprod=scheduler.alphas_cumprod, estimate_transform="none")
+    model = PairedDiffusionModel(
+        Recorder(1),
+        image_model,
+        image_condition="guider_x0",
+        alphas_cumprod=scheduler.alphas_cumprod,
+        estimate_transform="none",
+    )
     model(noisy, torch.tensor([3, 7]), clean)
     ab = scheduler.alphas_cumprod[torch.tensor([3, 7])].view(-1, 1, 1, 1)
     # zero predicted noise -> x0_hat = x_t / sqrt(ab)
@@ -97,4 +102,6 @@ def test_prepare_batch_targets_follow_the_prediction_type():
     # x_t = sqrt(ab) x0 + sqrt(1-ab) eps and v = sqrt(ab) eps - sqrt(1-ab) x0  =>  eps = sqrt(1-ab) x_t + sqrt(ab) v
     eps_mask = (1 - ab).sqrt() * inputs[:, :1] + ab.sqrt() * targets[:, :1]
     torch.testing.assert_close(targets[:, :1], ab.sqrt() * eps_mask - (1 - ab).sqrt() * mask, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(ab.sqrt() * inputs[:, 1:] - (1 - ab).sqrt() * targets[:, 1:], image, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        ab.sqrt() * inputs[:, 1:] - (1 - ab).sqrt() * targets[:, 1:], image, rtol=1e-4, atol=1e-4
+    )

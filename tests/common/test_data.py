@@ -24,7 +24,6 @@ from common.errors import InputError
 from common.transforms import window_to_unit
 from tests.shared_data import DATA, needs
 
-
 # --------------------------------------------------------------------------------------------------------------------
 # writers for tmp fixtures
 # --------------------------------------------------------------------------------------------------------------------
@@ -198,8 +197,10 @@ def test_nifti_volume_is_reoriented_to_ras_and_label_stays_aligned(tmp_path):
         assert p["image"].shape == (1, 8, 9)
         ras_slice = volume[::-1, :, k]  # LAS -> RAS flips x
         assert np.array_equal(p["label"][0], (ras_slice > 600).astype(np.int64))
-        assert np.array_equal(np.argsort(p["image"][0], axis=None, kind="stable"),
-                              np.argsort(ras_slice.astype(np.float32), axis=None, kind="stable"))
+        assert np.array_equal(
+            np.argsort(p["image"][0], axis=None, kind="stable"),
+            np.argsort(ras_slice.astype(np.float32), axis=None, kind="stable"),
+        )
         np.testing.assert_allclose(p["affine"][:3, 3], [0.0, -5.0, 7.0 + 3 * k])
         np.testing.assert_allclose(np.diag(p["affine"])[:3], [2.0, 2.0, 3.0])
     # sagittal slicing: slices along x, arrays (y, z)
@@ -393,8 +394,9 @@ def test_errors_for_unreadable_files(tmp_path):
     for name in ("broken.png", "broken.nii.gz", "broken.dcm"):
         bad = tmp_path / name
         bad.write_bytes(b"this is not an image at all" * 10)
-        assert_data_error(lambda: load_pairs([{"image": str(bad), "label": str(good_mask)}]), f"image '{bad}'",
-                          "could not be read")
+        assert_data_error(
+            lambda: load_pairs([{"image": str(bad), "label": str(good_mask)}]), f"image '{bad}'", "could not be read"
+        )
     good = write_png(tmp_path / "i.png", image)
     bad_mask = tmp_path / "bad_mask.png"
     bad_mask.write_bytes(b"\x89PNG truncated")
@@ -408,8 +410,13 @@ def test_errors_for_bad_contents(tmp_path):
     image, mask = pattern()
     img = write_png(tmp_path / "i.png", image)
     small_mask = write_png(tmp_path / "small.png", mask[:20])
-    assert_data_error(lambda: load_pairs([{"image": str(img), "label": str(small_mask)}]),
-                      str(img), str(small_mask), "(40, 60)", "(20, 60)")
+    assert_data_error(
+        lambda: load_pairs([{"image": str(img), "label": str(small_mask)}]),
+        str(img),
+        str(small_mask),
+        "(40, 60)",
+        "(20, 60)",
+    )
 
     nan_image = image.astype(np.float32)
     nan_image[3, 3] = np.nan
@@ -418,8 +425,12 @@ def test_errors_for_bad_contents(tmp_path):
     assert_data_error(lambda: load_pairs([{"image": str(nan_path), "label": str(nifti_mask)}]), str(nan_path), "NaN")
 
     three = write_png(tmp_path / "three.png", (mask > 0).astype(np.uint8) * 2)
-    err = assert_data_error(lambda: load_pairs([{"image": str(img), "label": str(three)}]),
-                            f"mask '{three}'", "[0, 2]", "{0, 1} or {0, 255}")
+    err = assert_data_error(
+        lambda: load_pairs([{"image": str(img), "label": str(three)}]),
+        f"mask '{three}'",
+        "[0, 2]",
+        "{0, 1} or {0, 255}",
+    )
     assert "num_classes=2" in str(err)
     mixed = mask.copy()
     mixed[0, 0] = 1
@@ -427,16 +438,23 @@ def test_errors_for_bad_contents(tmp_path):
     assert_data_error(lambda: load_pairs([{"image": str(img), "label": str(mixed_path)}]), "[0, 1, 255]")
     multi = mask.copy() // 255 * 5
     multi_path = write_png(tmp_path / "multi.png", multi)
-    assert_data_error(lambda: load_pairs([{"image": str(img), "label": str(multi_path)}], num_classes=4),
-                      f"mask '{multi_path}'", "[5]", "0..3", "num_classes=4")
+    assert_data_error(
+        lambda: load_pairs([{"image": str(img), "label": str(multi_path)}], num_classes=4),
+        f"mask '{multi_path}'",
+        "[5]",
+        "0..3",
+        "num_classes=4",
+    )
     fractional = write_nifti(tmp_path / "frac.nii.gz", (mask > 0).astype(np.float32) * 0.5)
     image_nifti = write_nifti(tmp_path / "img.nii.gz", image.astype(np.float32))
-    assert_data_error(lambda: load_pairs([{"image": str(image_nifti), "label": str(fractional)}]),
-                      str(fractional), "non-integer")
+    assert_data_error(
+        lambda: load_pairs([{"image": str(image_nifti), "label": str(fractional)}]), str(fractional), "non-integer"
+    )
 
     rgb_mask = write_png(tmp_path / "rgb_mask.png", np.stack([mask] * 3, axis=-1))
-    assert_data_error(lambda: load_pairs([{"image": str(img), "label": str(rgb_mask)}]),
-                      f"mask '{rgb_mask}'", "3 channels")
+    assert_data_error(
+        lambda: load_pairs([{"image": str(img), "label": str(rgb_mask)}]), f"mask '{rgb_mask}'", "3 channels"
+    )
 
 
 def test_errors_for_misaligned_volumes(tmp_path):
@@ -445,8 +463,12 @@ def test_errors_for_misaligned_volumes(tmp_path):
     shifted = np.diag([2.0, 2.0, 3.0, 1.0])
     shifted[2, 3] = 30.0  # label placed 10 slices higher: same shape, wrong place
     write_nifti(tmp_path / "masks" / "v.nii.gz", np.zeros((6, 7, 4), np.uint8), shifted)
-    assert_data_error(lambda: load_pairs(build_datalist(tmp_path)), str(tmp_path / "images" / "v.nii.gz"),
-                      str(tmp_path / "masks" / "v.nii.gz"), "not aligned")
+    assert_data_error(
+        lambda: load_pairs(build_datalist(tmp_path)),
+        str(tmp_path / "images" / "v.nii.gz"),
+        str(tmp_path / "masks" / "v.nii.gz"),
+        "not aligned",
+    )
 
 
 def test_errors_for_settings(tmp_path):
@@ -503,6 +525,7 @@ def test_load_dataset_synthetic_default_and_max_pairs(caplog):
         assert len(pairs) == 12 and pairs[0]["source"] == "synthetic"
     with caplog.at_level(logging.INFO, logger="common.data"):
         subset = load_dataset(None, num_synthetic=12, image_size=32, max_pairs=4, seed=1)
+
     def names(seed: int) -> list[str]:
         return [p["name"] for p in load_dataset(None, num_synthetic=12, image_size=32, max_pairs=4, seed=seed)]
 
@@ -559,8 +582,9 @@ def test_cxr_lungs_binary_masks_and_four_class_labels():
     raw = np.asarray(Image.open(labels[0]["label"]))
     kept = load_pairs(labels[:1], image_size=None, num_classes=4)[0]
     assert np.array_equal(kept["label"][0], raw.astype(np.int64))  # no remapping, no transpose
-    assert_data_error(lambda: load_pairs(build_datalist(root, "val")[:1], num_classes=4),
-                      "mask '", "masks", "[255]", "0..3")
+    assert_data_error(
+        lambda: load_pairs(build_datalist(root, "val")[:1], num_classes=4), "mask '", "masks", "[255]", "0..3"
+    )
 
 
 @needs("ct_abdomen", "ct.nii.gz")
@@ -590,8 +614,9 @@ def test_ct_nifti_volume_via_decathlon_json(tmp_path):
     assert world_centroid(pairs, 6)[0] > world_centroid(pairs, 1)[0] + 100  # liver right of spleen
     assert world_centroid(pairs, 2)[0] > world_centroid(pairs, 3)[0] + 100  # right kidney right of left kidney
 
-    resized = load_pairs(build_datalist(tmp_path), image_size=64, num_classes=14, intensity_window=(40, 400),
-                         skip_empty_slices=True)
+    resized = load_pairs(
+        build_datalist(tmp_path), image_size=64, num_classes=14, intensity_window=(40, 400), skip_empty_slices=True
+    )
     assert 0 < len(resized) < 112 and all(p["label"].any() for p in resized)
     assert resized[0]["image"].shape == (1, 64, 64) and unique_labels(resized) <= set(range(14))
 

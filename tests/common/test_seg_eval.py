@@ -18,8 +18,8 @@ from common import seg_eval
 from common.data import load_dataset
 from common.errors import InputError
 from common.writers import PairWriter, write_datalist
+from tests.shared_data import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 EVALUATE = REPO / "bundles" / "pig" / "configs" / "evaluate.json"
 TINY = REPO / "tests" / "configs" / "seg_eval_tiny.json"
 TINY_NET = {"channels": (4, 8), "strides": (2,), "num_res_units": 0}
@@ -41,8 +41,9 @@ def write_pairs(folder: Path, n: int, seed: int, empty: tuple[int, ...] = (), fi
     rng = np.random.RandomState(seed)
     items = []
     for i in range(n):
-        image, seg = create_test_image_2d(32, 32, num_objs=1, rad_max=8, rad_min=5, noise_max=0.2,
-                                          num_seg_classes=1, random_state=rng)
+        image, seg = create_test_image_2d(
+            32, 32, num_objs=1, rad_max=8, rad_min=5, noise_max=0.2, num_seg_classes=1, random_state=rng
+        )
         label = np.zeros_like(seg) if i in empty else (seg > 0)
         items.append(writer.write(i, image * 2 - 1, label))
     write_datalist(folder / "datalist.json", items)
@@ -94,18 +95,21 @@ def test_empty_mask_conventions():
     assert (summary["empty_gt_images"], summary["empty_gt_pred_empty"]) == (2, 1)
     assert summary["empty_gt_pred_empty_fraction"] == 0.5
     # a segmenter that predicts nothing: distances undefined, not 0
-    nothing = seg_eval.summarise_images([{"name": "0", "classes": r}
-                                         for r in seg_eval.pair_metrics(np.zeros_like(gt[:1]), gt[:1])])
+    nothing = seg_eval.summarise_images(
+        [{"name": "0", "classes": r} for r in seg_eval.pair_metrics(np.zeros_like(gt[:1]), gt[:1])]
+    )
     assert nothing["dice"] == 0.0 and nothing["hd95"] is None and nothing["hd95_missed"] == 1
     assert nothing["empty_gt_pred_empty_fraction"] is None
 
 
 def test_multiclass_per_class_dice_known_values():
     # image 0: class 1 (4x4) predicted 2 columns off -> Dice 2*8/32 = 0.5, HD95 2; class 2 exact -> 1
-    gt = masks((0, slice(2, 6), slice(2, 6), 1), (0, slice(10, 14), slice(10, 14), 2),
-               (1, slice(2, 6), slice(2, 6), 1), n=2)
-    pred = masks((0, slice(2, 6), slice(4, 8), 1), (0, slice(10, 14), slice(10, 14), 2),
-                 (1, slice(2, 6), slice(2, 6), 1), n=2)
+    gt = masks(
+        (0, slice(2, 6), slice(2, 6), 1), (0, slice(10, 14), slice(10, 14), 2), (1, slice(2, 6), slice(2, 6), 1), n=2
+    )
+    pred = masks(
+        (0, slice(2, 6), slice(4, 8), 1), (0, slice(10, 14), slice(10, 14), 2), (1, slice(2, 6), slice(2, 6), 1), n=2
+    )
     records = seg_eval.pair_metrics(pred, gt, num_classes=3)
     assert records[0]["1"]["dice"] == pytest.approx(0.5) and records[0]["1"]["iou"] == pytest.approx(1 / 3)
     assert records[0]["1"]["hd95"] == pytest.approx(2.0)
@@ -125,14 +129,21 @@ def run(condition: str, seed: int, dice: float | None, fold: int | None = None) 
 
 
 def test_aggregate_mean_std_and_paired_differences():
-    runs = [run("real", 0, 0.2), run("real", 1, 0.4), run("real", 2, 0.6),
-            run("syn", 0, 0.3), run("syn", 1, 0.6), run("syn", 2, None), run("once", 0, 0.5)]
+    runs = [
+        run("real", 0, 0.2),
+        run("real", 1, 0.4),
+        run("real", 2, 0.6),
+        run("syn", 0, 0.3),
+        run("syn", 1, 0.6),
+        run("syn", 2, None),
+        run("once", 0, 0.5),
+    ]
     agg = seg_eval.aggregate(runs)
     assert list(agg) == ["real", "syn", "once"]
     assert agg["real"]["runs"] == 3
     assert agg["real"]["metrics"]["dice"]["mean"] == pytest.approx(0.4)
     assert agg["real"]["metrics"]["dice"]["std"] == pytest.approx(0.2)  # sample std, ddof=1
-    assert agg["syn"]["metrics"]["dice"] == pytest.approx({"mean": 0.45, "std": 0.15 * 2 ** 0.5, "n": 2})
+    assert agg["syn"]["metrics"]["dice"] == pytest.approx({"mean": 0.45, "std": 0.15 * 2**0.5, "n": 2})
     assert agg["once"]["metrics"]["dice"] == {"mean": 0.5, "std": None, "n": 1}
     assert agg["real"]["per_class"]["1"]["dice"]["mean"] == pytest.approx(0.4)
     paired = seg_eval.paired_differences(runs, "real", keys=("dice",))
@@ -237,12 +248,21 @@ def count_trainings(monkeypatch) -> list[str]:
 def test_resume_skips_finished_runs(data, tmp_path, count_trainings):
     out = tmp_path / "eval"
     conditions = {"real": {}, "real+synthetic": {"synthetic": [str(data["syn_a"])]}}
-    kwargs = {"real": {"dataset_dir": data["real"]}, "conditions": conditions, "seeds": [0, 1], "output_dir": out,
-              **FAST}
+    kwargs = {
+        "real": {"dataset_dir": data["real"]},
+        "conditions": conditions,
+        "seeds": [0, 1],
+        "output_dir": out,
+        **FAST,
+    }
     results = seg_eval.run_segmentation_evaluation(**kwargs)
     assert count_trainings == [8, 8, 13, 13]
     assert sorted(p.name for p in (out / "runs").iterdir()) == [
-        "real+synthetic__seed0.json", "real+synthetic__seed1.json", "real__seed0.json", "real__seed1.json"]
+        "real+synthetic__seed0.json",
+        "real+synthetic__seed1.json",
+        "real__seed0.json",
+        "real__seed1.json",
+    ]
     assert results["aggregate"]["real"]["runs"] == 2 and results["protocol"]["baseline"] == "real"
     assert json.loads((out / "results.json").read_text())["conventions"] == seg_eval.CONVENTIONS
     run = json.loads((out / "runs" / "real__seed1.json").read_text())
@@ -266,8 +286,9 @@ def test_bad_synthetic_folder_fails_before_any_training(data, tmp_path, count_tr
     (tmp_path / "empty_gen" / "labels").mkdir()
     conditions = {"real": {}, "syn": {"synthetic": [str(tmp_path / "empty_gen")]}}
     with pytest.raises(InputError, match="empty_gen"):
-        seg_eval.run_segmentation_evaluation({"dataset_dir": data["real"]}, conditions, seeds=[0],
-                                             output_dir=tmp_path / "out", **FAST)
+        seg_eval.run_segmentation_evaluation(
+            {"dataset_dir": data["real"]}, conditions, seeds=[0], output_dir=tmp_path / "out", **FAST
+        )
     assert count_trainings == [] and not (tmp_path / "out").exists()
 
 
@@ -276,28 +297,46 @@ def test_kfold_run_with_a_generator_per_fold(data, tmp_path, count_trainings):
         write_pairs(tmp_path / f"gen_{fold}", 2 + fold, seed=10 + fold)
     out = tmp_path / "cv"
     results = seg_eval.run_segmentation_evaluation(
-        real={"dataset_dir": data["real"]}, folds=2, seeds=[0], max_pairs=4, output_dir=out, save_models=True,
-        conditions={"syn": {"real": False, "synthetic": [str(tmp_path / "gen_{fold}")]}}, **FAST)
+        real={"dataset_dir": data["real"]},
+        folds=2,
+        seeds=[0],
+        max_pairs=4,
+        output_dir=out,
+        save_models=True,
+        conditions={"syn": {"real": False, "synthetic": [str(tmp_path / "gen_{fold}")]}},
+        **FAST,
+    )
     assert count_trainings == [2, 3]  # each fold trains on its own generator's pairs
     assert [(r["fold"], r["test_pairs"]) for r in results["runs"]] == [(0, 6), (1, 6)]
     assert (out / "runs" / "syn__seed0__fold1.pt").is_file()
     assert "2-fold cross-validation" in (out / "results.md").read_text()
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"network": "vnet"}, "'network' must be one of"),
-    ({"conditions": {"real": {}, "syn": {"synthetic": ["/nonexistent/gen"]}}},
-     "synthetic folder '/nonexistent/gen' of condition 'syn' does not exist"),
-    ({"num_classes": 3}, "has values [255] outside the expected 0..2 (num_classes=3)"),
-    ({"num_classes": 3, "real": "indices"}, "'num_classes' is 3 but the masks of"),
-    ({"real": {}}, "'dataset_dir' (or 'datalist') must be set"),
-    ({"conditions": {"x": {"real": False}}}, "condition 'x' has no training data"),
-    ({"conditions": {"a/b": {}}}, "condition name 'a/b'"),
-    ({"seeds": []}, "'seeds' must be a non-empty list"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"network": "vnet"}, "'network' must be one of"),
+        (
+            {"conditions": {"real": {}, "syn": {"synthetic": ["/nonexistent/gen"]}}},
+            "synthetic folder '/nonexistent/gen' of condition 'syn' does not exist",
+        ),
+        ({"num_classes": 3}, "has values [255] outside the expected 0..2 (num_classes=3)"),
+        ({"num_classes": 3, "real": "indices"}, "'num_classes' is 3 but the masks of"),
+        ({"real": {}}, "'dataset_dir' (or 'datalist') must be set"),
+        ({"conditions": {"x": {"real": False}}}, "condition 'x' has no training data"),
+        ({"conditions": {"a/b": {}}}, "condition name 'a/b'"),
+        ({"seeds": []}, "'seeds' must be a non-empty list"),
+    ],
+)
 def test_bad_input_fails_before_any_output(data, tmp_path, change, message):
-    kwargs = {"real": {"dataset_dir": data["real"]}, "conditions": {"real": {}}, "seeds": [0],
-              "output_dir": tmp_path / "out", **FAST, **change}
+    kwargs = {
+        "real": {"dataset_dir": data["real"]},
+        "conditions": {"real": {}},
+        "seeds": [0],
+        "output_dir": tmp_path / "out",
+        **FAST,
+        **change,
+    }
     if isinstance(kwargs["real"], str):
         kwargs["real"] = {"dataset_dir": data["root"] / kwargs["real"]}
     with pytest.raises(InputError) as err:
@@ -309,8 +348,9 @@ def test_bad_input_fails_before_any_output(data, tmp_path, change, message):
 def test_same_pairs_in_train_and_test_is_refused(data, tmp_path):
     """Without splits.json every split is the whole folder: testing on training pairs must not pass silently."""
     with pytest.raises(InputError, match="in both split 'train' and split 'test'"):
-        seg_eval.run_segmentation_evaluation({"dataset_dir": data["syn_a"]}, {"real": {}}, seeds=[0],
-                                             output_dir=tmp_path / "out", **FAST)
+        seg_eval.run_segmentation_evaluation(
+            {"dataset_dir": data["syn_a"]}, {"real": {}}, seeds=[0], output_dir=tmp_path / "out", **FAST
+        )
 
 
 def bundle(*overrides: str) -> subprocess.CompletedProcess:
@@ -327,7 +367,11 @@ def test_bundle_end_to_end(data, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert list(results["aggregate"]) == ["real", "real+augment", "real+synthetic", "synthetic-only"]
     assert [(r["train_pairs_real"], r["train_pairs_synthetic"]) for r in results["runs"]] == [
-        (8, 0), (8, 0), (8, 8), (0, 8)]
+        (8, 0),
+        (8, 0),
+        (8, 8),
+        (0, 8),
+    ]
     assert results["protocol"]["iterations"] == 3 and results["protocol"]["image_size"] == 32
     assert len(list((out / "runs").glob("*.json"))) == 4
     table = (out / "results.md").read_text().splitlines()

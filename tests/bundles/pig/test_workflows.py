@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.shared_data import needs
+from tests.shared_data import REPO, needs
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "pig" / "configs"
 TINY = REPO / "tests" / "configs" / "pig_tiny.json"
 
@@ -60,8 +59,9 @@ def test_training_writes_checkpoints_history_and_previews(trained):
 
 def test_inference_writes_binary_pairs_datalist_and_preview(trained):
     out = trained / "gen_a"
-    result = run_bundle("inference.json", "--ckpt_dir", str(trained / "models"), "--output_dir", str(out),
-                        "--batch_size", "2")
+    result = run_bundle(
+        "inference.json", "--ckpt_dir", str(trained / "models"), "--output_dir", str(out), "--batch_size", "2"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     datalist = json.loads((out / "datalist.json").read_text())
     assert len(datalist["training"]) == 5
@@ -81,8 +81,17 @@ def test_inference_writes_binary_pairs_datalist_and_preview(trained):
 def test_same_seed_same_pairs_and_resume_writes_only_missing(trained):
     a, b = trained / "gen_seed_a", trained / "gen_seed_b"
     for out in (a, b):
-        result = run_bundle("inference.json", "--ckpt_dir", str(trained / "models"), "--output_dir", str(out),
-                            "--seed", "7", "--batch_size", "5")
+        result = run_bundle(
+            "inference.json",
+            "--ckpt_dir",
+            str(trained / "models"),
+            "--output_dir",
+            str(out),
+            "--seed",
+            "7",
+            "--batch_size",
+            "5",
+        )
         assert result.returncode == 0, result.stderr[-3000:]
     assert digest(a / "images") == digest(b / "images")
     assert digest(a / "labels") == digest(b / "labels")
@@ -90,22 +99,44 @@ def test_same_seed_same_pairs_and_resume_writes_only_missing(trained):
     (b / "labels" / "pair_000003.png").unlink()
     (b / "images" / "pair_000004.png").unlink()
     (b / "labels" / "pair_000004.png").unlink()
-    result = run_bundle("inference.json", "--ckpt_dir", str(trained / "models"), "--output_dir", str(b),
-                        "--seed", "7", "--batch_size", "5")
+    result = run_bundle(
+        "inference.json",
+        "--ckpt_dir",
+        str(trained / "models"),
+        "--output_dir",
+        str(b),
+        "--seed",
+        "7",
+        "--batch_size",
+        "5",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "generating 2 of 5 pairs" in result.stdout + result.stderr
     assert digest(a / "labels") == digest(b / "labels")
     other = trained / "gen_seed_c"
-    assert run_bundle("inference.json", "--ckpt_dir", str(trained / "models"), "--output_dir", str(other),
-                      "--seed", "8", "--batch_size", "5").returncode == 0
+    assert (
+        run_bundle(
+            "inference.json",
+            "--ckpt_dir",
+            str(trained / "models"),
+            "--output_dir",
+            str(other),
+            "--seed",
+            "8",
+            "--batch_size",
+            "5",
+        ).returncode
+        == 0
+    )
     assert digest(other / "images") != digest(a / "images")
 
 
 @pytest.mark.parametrize("value", ["0", "-3"])
 def test_bad_num_pairs_fails_cleanly(trained, value):
     out = trained / f"gen_bad_{value}"
-    result = run_bundle("inference.json", "--ckpt_dir", str(trained / "models"), "--output_dir", str(out),
-                        "--num_pairs", value)
+    result = run_bundle(
+        "inference.json", "--ckpt_dir", str(trained / "models"), "--output_dir", str(out), "--num_pairs", value
+    )
     assert user_error(result) == f"error: 'num_pairs' must be a positive integer, got {value}."
     assert not out.exists()
 
@@ -117,8 +148,15 @@ def test_missing_checkpoint_fails_cleanly(tmp_path):
 
 
 def test_missing_dataset_dir_fails_before_any_output(tmp_path):
-    result = run_bundle("train.json", "--dataset_dir", str(tmp_path / "nope"), "--output_dir", str(tmp_path / "out"),
-                        "--ckpt_dir", str(tmp_path / "models"))
+    result = run_bundle(
+        "train.json",
+        "--dataset_dir",
+        str(tmp_path / "nope"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--ckpt_dir",
+        str(tmp_path / "models"),
+    )
     assert str(tmp_path / "nope") in user_error(result)
     assert not (tmp_path / "out").exists() and not (tmp_path / "models").exists()
 
@@ -130,15 +168,27 @@ def test_image_without_mask_fails_before_any_output(tmp_path):
     for name in ("a", "b"):
         Image.fromarray(np.zeros((40, 40), np.uint8)).save(data / "images" / f"{name}.png")
     Image.fromarray(np.zeros((40, 40), np.uint8)).save(data / "masks" / "a.png")
-    result = run_bundle("train.json", "--dataset_dir", str(data), "--output_dir", str(tmp_path / "out"),
-                        "--ckpt_dir", str(tmp_path / "models"))
+    result = run_bundle(
+        "train.json",
+        "--dataset_dir",
+        str(data),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--ckpt_dir",
+        str(tmp_path / "models"),
+    )
     assert "b.png" in user_error(result)
     assert not (tmp_path / "out").exists() and not (tmp_path / "models").exists()
 
 
 def run_overlay(configs: list[str], *overrides: str) -> subprocess.CompletedProcess:
-    files = "[" + ",".join(f"'{CONFIGS / c}'" for c in configs[:1]) + f",'{TINY}'," + \
-        ",".join(f"'{CONFIGS / c}'" for c in configs[1:]) + "]"
+    files = (
+        "["
+        + ",".join(f"'{CONFIGS / c}'" for c in configs[:1])
+        + f",'{TINY}',"
+        + ",".join(f"'{CONFIGS / c}'" for c in configs[1:])
+        + "]"
+    )
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, *overrides]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
 
@@ -147,8 +197,17 @@ def test_mask_conditioned_baseline_uses_the_real_training_masks(trained):
     from common.data import load_dataset
 
     out = trained / "gen_mask_conditioned"
-    result = run_overlay(["inference.json", "mask_conditioned.json"], "--ckpt_dir", str(trained / "models"),
-                         "--output_dir", str(out), "--num_pairs", "10", "--num_synthetic", "8")
+    result = run_overlay(
+        ["inference.json", "mask_conditioned.json"],
+        "--ckpt_dir",
+        str(trained / "models"),
+        "--output_dir",
+        str(out),
+        "--num_pairs",
+        "10",
+        "--num_synthetic",
+        "8",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     real = load_dataset(None, image_size=32, num_synthetic=8)
     for i in range(10):
@@ -163,14 +222,21 @@ def test_unconditional_baseline_trains_and_samples_images(tmp_path):
     from common.checkpoints import load_weights
     from common.sampling import ImageSampler
 
-    result = run_overlay(["train.json", "unconditional.json"], "--output_dir", str(tmp_path / "train"),
-                         "--ckpt_dir", str(tmp_path / "models"))
+    result = run_overlay(
+        ["train.json", "unconditional.json"],
+        "--output_dir",
+        str(tmp_path / "train"),
+        "--ckpt_dir",
+        str(tmp_path / "models"),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / "train.json"), str(TINY), str(CONFIGS / "unconditional.json")])
     net = load_weights(parser.get_parsed_content("network_def"), str(tmp_path / "models" / "model.pt"))
     assert net.in_channels == 1 and net.out_channels == 1
-    images = ImageSampler(parser.get_parsed_content("noise_scheduler"), 3)(lambda x, t: net(x, t), torch.randn(2, 1, 32, 32))
+    images = ImageSampler(parser.get_parsed_content("noise_scheduler"), 3)(
+        lambda x, t: net(x, t), torch.randn(2, 1, 32, 32)
+    )
     assert images.shape == (2, 1, 32, 32) and torch.isfinite(images).all()
     assert (tmp_path / "train" / "previews" / "epoch_0002.png").is_file()
 
@@ -180,8 +246,16 @@ def test_multiclass_label_maps_train_and_generate(tmp_path):
     from tests.shared_data import DATA
 
     common = ["--num_classes", "4", "--ckpt_dir", str(tmp_path / "models")]
-    result = run_bundle("train.json", "--dataset_dir", str(DATA / "cxr_lungs"), "--max_pairs", "8",
-                        "--output_dir", str(tmp_path / "train"), *common)
+    result = run_bundle(
+        "train.json",
+        "--dataset_dir",
+        str(DATA / "cxr_lungs"),
+        "--max_pairs",
+        "8",
+        "--output_dir",
+        str(tmp_path / "train"),
+        *common,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "gen"
     result = run_bundle("inference.json", "--output_dir", str(out), "--num_pairs", "3", *common)
@@ -199,11 +273,22 @@ def test_nifti_volume_in_nifti_pairs_out(tmp_path):
     from tests.shared_data import DATA
 
     datalist = tmp_path / "ct.json"
-    datalist.write_text(json.dumps({"training": [{"image": str(DATA / "ct_abdomen" / "ct.nii.gz"),
-                                                  "label": str(DATA / "ct_abdomen" / "labels.nii.gz")}]}))
+    datalist.write_text(
+        json.dumps(
+            {
+                "training": [
+                    {
+                        "image": str(DATA / "ct_abdomen" / "ct.nii.gz"),
+                        "label": str(DATA / "ct_abdomen" / "labels.nii.gz"),
+                    }
+                ]
+            }
+        )
+    )
     common = ["--num_classes", "14", "--ckpt_dir", str(tmp_path / "models")]
-    result = run_bundle("train.json", "--datalist", str(datalist), "--max_pairs", "8",
-                        "--output_dir", str(tmp_path / "train"), *common)
+    result = run_bundle(
+        "train.json", "--datalist", str(datalist), "--max_pairs", "8", "--output_dir", str(tmp_path / "train"), *common
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "models" / "training_data.json").read_text())["format"] == "nifti"
     out = tmp_path / "gen"

@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from monai.bundle import ConfigParser
 
-CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "pig" / "configs"
-NETWORK_KEYS = ("image_size", "num_classes", "image_channels", "num_train_timesteps", "beta_start", "beta_end",
-                "channels", "attention_levels", "num_res_blocks", "num_head_channels", "norm_num_groups",
-                "image_condition", "estimate_transform", "prediction_type", "noise_scheduler", "network_def")
+from tests.shared_data import REPO
+
+CONFIGS = REPO / "bundles" / "pig" / "configs"
+NETWORK_KEYS = (
+    "image_size",
+    "num_classes",
+    "image_channels",
+    "num_train_timesteps",
+    "beta_start",
+    "beta_end",
+    "channels",
+    "attention_levels",
+    "num_res_blocks",
+    "num_head_channels",
+    "norm_num_groups",
+    "image_condition",
+    "estimate_transform",
+    "prediction_type",
+    "noise_scheduler",
+    "network_def",
+)
 
 
 def parser(*names: str) -> ConfigParser:
