@@ -298,3 +298,20 @@ def test_nifti_volume_in_nifti_pairs_out(tmp_path):
     assert all(item["image"].endswith(".nii.gz") and item["label"].endswith(".nii.gz") for item in items)
     label = np.asarray(nib.load(str(out / items[0]["label"])).dataobj)
     assert label.dtype == np.uint8 and label.max() <= 13
+
+
+def test_inference_with_dpm_solver_pp(trained):
+    out = trained / "gen_dpm"
+    result = run_bundle(
+        "inference.json",
+        "--ckpt_dir",
+        str(trained / "models"),
+        "--output_dir",
+        str(out),
+        "--sampling_method",
+        "dpmsolver++",
+        "--num_pairs",
+        "2",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(json.loads((out / "datalist.json").read_text())["training"]) == 2
