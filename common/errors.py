@@ -11,13 +11,22 @@ from __future__ import annotations
 import sys
 from types import TracebackType
 
-__all__ = ["InputError", "find_input_error", "install_excepthook", "EXIT_INPUT_ERROR"]
+__all__ = ["InputError", "find_input_error", "install_excepthook", "as_flag", "EXIT_INPUT_ERROR"]
 
 EXIT_INPUT_ERROR = 2
 
 
 class InputError(ValueError):
     """Bad user input (path, file content or config value). ``str(err)`` is one sentence naming the culprit."""
+
+
+def as_flag(value: object, key: str) -> bool:
+    """A boolean config value; also the strings "true"/"false" a command line passes (``--key true``)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise InputError(f"'{key}' must be true or false, got {value!r}.")
 
 
 def find_input_error(exc: BaseException | None) -> InputError | None:

@@ -17,8 +17,17 @@ from typing import Any
 
 import torch
 
+from common.guidance import (
+    apply_classifier_guidance,
+    bernoulli_log_likelihood,
+    classifier_free,
+    from_epsilon,
+    log_likelihood_gradient,
+    to_epsilon,
+)
 from common.paired_model import PairedDiffusionModel, predict_x0
 from common.schedulers import prediction_type
+from common.task_conditioned import IMAGE_TASK, MASK_TASK
 from common.transforms import encode_mask
 
 __all__ = [
@@ -26,6 +35,7 @@ __all__ = [
     "MaskConditionedSampler",
     "UnconditionalSampler",
     "ImageSampler",
+    "TwoPhaseSampler",
     "scheduler_step",
 ]
 
@@ -160,3 +170,81 @@ class UnconditionalSampler:
         self, model, mask_noise: torch.Tensor, image_noise: torch.Tensor, indices=None
     ) -> tuple[None, torch.Tensor]:
         return None, self.image_sampler(lambda y_t, t: model(y_t, t), image_noise)
+
+
+class TwoPhaseSampler:
+    """A mask from noise, then an image given that mask, with one task-conditioned model (DiffuseExpand Stage III).
+
+    Works with :class:`common.task_conditioned.TaskConditionedDiffusionModel` and any scheduler (the paper: diffusers'
+    DPM-Solver++). Optional guidance, each step, on the noise estimate (:mod:`common.guidance`):
+
+    * classifier-free: ``cfg_scale`` on the image phase (1 = the conditional model alone, one network call);
+    * classifier guidance from a :class:`common.noisy_segmenter.NoisySegmenter` with scale ``classifier_scale`` (s)
+      and temperature ``temperature`` (tau) on its logits (Lemma 3.3): the mask phase follows ``log p(y1 = mask |
+      x_t)``, the image phase ``log p(y1 = image | x_t) + log p(y2 = the mask | x_t)``, Bernoulli over pixels.
+
+    Returns ``(mask, image)``: the mask binarised to {-1, 1} (it conditions the image phase that way, as in
+    training), the image continuous.
+    """
+
+    def __init__(
+        self,
+        scheduler: Any,
+        num_inference_steps: int = 30,
+        cfg_scale: float = 1.0,
+        classifier: Any = None,
+        classifier_scale: float = 1.0,
+        temperature: float = 1.0,
+    ) -> None:
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}.")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}.")
+        self.scheduler = scheduler
+        self.num_inference_steps = num_inference_steps
+        self.cfg_scale = cfg_scale
+        self.classifier = classifier
+        self.classifier_scale = classifier_scale
+        self.temperature = temperature
+
+    def log_likelihood(
+        self, x_t: torch.Tensor, timesteps: torch.Tensor, task: int, condition: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Per-sample ``log p(y1 = task | x_t) [+ log p(y2 = condition | x_t)]`` under the tempered classifier."""
+        logits, task_logit = self.classifier(x_t, timesteps)
+        target = torch.full_like(task_logit, float(task))
+        total = bernoulli_log_likelihood(task_logit[:, None], target[:, None], self.temperature)
+        if condition is not None:
+            total = total + bernoulli_log_likelihood(logits, (condition > 0).to(logits.dtype), self.temperature)
+        return total
+
+    def _guided(self, model, x_t, t_batch, task, condition, alpha_bar, kind) -> torch.Tensor:
+        out = model(x_t, t_batch, task, condition)
+        if condition is not None and self.cfg_scale != 1.0:
+            out = classifier_free(out, model(x_t, t_batch, task, None), self.cfg_scale)
+        if self.classifier is None or self.classifier_scale == 0:
+            return out
+        grad = log_likelihood_gradient(lambda x: self.log_likelihood(x, t_batch, task, condition), x_t)
+        eps = apply_classifier_guidance(to_epsilon(x_t, out, alpha_bar, kind), grad, alpha_bar, self.classifier_scale)
+        return from_epsilon(x_t, eps, alpha_bar, kind)
+
+    def phase(self, model, noise: torch.Tensor, task: int, condition: torch.Tensor | None = None) -> torch.Tensor:
+        """Reverse diffusion of one task from ``noise``; ``condition`` is the mask for the image task."""
+        scheduler = copy.deepcopy(self.scheduler)
+        scheduler.set_timesteps(self.num_inference_steps, device=noise.device)
+        alphas_cumprod = scheduler.alphas_cumprod.to(noise.device)
+        kind = prediction_type(scheduler)
+        x_t = noise * getattr(scheduler, "init_noise_sigma", 1.0)
+        for t in scheduler.timesteps:
+            t_batch = torch.full((x_t.shape[0],), int(t), device=x_t.device, dtype=torch.long)
+            out = self._guided(model, x_t, t_batch, task, condition, alphas_cumprod[int(t)], kind)
+            x_t = scheduler_step(scheduler, out, t, x_t)
+        return x_t
+
+    @torch.no_grad()
+    def __call__(
+        self, model, mask_noise: torch.Tensor, image_noise: torch.Tensor, indices=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = torch.where(self.phase(model, mask_noise, MASK_TASK) > 0, 1.0, -1.0).to(mask_noise.dtype)
+        image = self.phase(model, image_noise, IMAGE_TASK, mask)
+        return mask, image

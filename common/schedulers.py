@@ -45,8 +45,9 @@ SCHEDULER_NAMES = ("ddim", "ddpm", "dpmsolver++")
 def _dpm_solver_pp(num_train_timesteps: int, schedule: str, beta_start: float, beta_end: float, **kwargs):
     """diffusers' multistep DPM-Solver++ (Lu et al. 2022) on the same beta schedule as the MONAI schedulers.
 
-    diffusers is imported here only (it takes seconds to import). ``solver_order`` defaults to 2 (diffusers' default for
-    unconditional and guided sampling); ``prediction_type`` must match training.
+    diffusers is imported here only (it takes seconds to import). ``solver_order`` 2 is diffusers' recommendation for
+    guided sampling (3 for unconditional); ``thresholding`` is Imagen's dynamic thresholding of x0 (the DiffuseExpand
+    authors' setting); ``prediction_type`` must match training.
     """
     if schedule not in _DIFFUSERS_BETA_SCHEDULES:
         raise ValueError(
@@ -73,18 +74,29 @@ def build_scheduler(
     schedule: str = "linear_beta",
     beta_start: float = 1e-4,
     beta_end: float = 0.02,
+    solver_order: int = 2,
+    thresholding: bool = False,
     **kwargs,
 ):
     """One place that builds a training/sampling scheduler from config values.
 
     ``name``: ``"ddim"`` (MONAI DDIM on a uniform stride, sigma=0), ``"ddpm"`` (MONAI, ancestral) or ``"dpmsolver++"``
-    (diffusers, sampling only: fewer steps for the same quality). ``clip_sample`` defaults to False for the MONAI ones
+    (diffusers, sampling only: fewer steps for the same quality; ``solver_order`` and ``thresholding`` apply to it
+    only). ``clip_sample`` defaults to False for the MONAI ones
     (MONAI's default True clips x0_hat to [-1, 1] inside ``step``, which the papers do not do).
     """
     if name not in SCHEDULER_NAMES:
         raise ValueError(f"scheduler name must be one of {list(SCHEDULER_NAMES)}, got '{name}'.")
     if name == "dpmsolver++":
-        return _dpm_solver_pp(num_train_timesteps, schedule, beta_start, beta_end, **kwargs)
+        return _dpm_solver_pp(
+            num_train_timesteps,
+            schedule,
+            beta_start,
+            beta_end,
+            solver_order=solver_order,
+            thresholding=thresholding,
+            **kwargs,
+        )
     kwargs.setdefault("clip_sample", False)
     return _SCHEDULERS[name](
         num_train_timesteps=num_train_timesteps,

@@ -4,6 +4,8 @@
   targets of Alg. 1 (both streams noised with the same t, independent noise).
 * :func:`iteration_loader` gives an iteration-based "epoch" (sampling with replacement), because datasets here range
   from 16 to 10^4 pairs and a fixed number of optimiser steps per epoch keeps checkpoints and logs comparable.
+* :class:`TaskConditionedPrepareBatch` and :class:`NoisySegmenterPrepareBatch` (DiffuseExpand Stages I and II) draw
+  per sample whether the mask or the image is noised (``y1`` ~ Bernoulli(0.5)).
 * :func:`training_items` keeps only the tensors a batch needs (metadata such as affines may be ``None``).
 """
 
@@ -17,9 +19,18 @@ from monai.engines import PrepareBatch
 from torch.utils.data import DataLoader, RandomSampler
 
 from common.schedulers import prediction_type
+from common.task_conditioned import NULL_CONDITION
 from common.transforms import encode_mask
 
-__all__ = ["PairedDiffusionPrepareBatch", "iteration_loader", "training_items", "sample_timesteps"]
+__all__ = [
+    "PairedDiffusionPrepareBatch",
+    "TaskConditionedPrepareBatch",
+    "NoisySegmenterPrepareBatch",
+    "iteration_loader",
+    "training_items",
+    "sample_timesteps",
+    "diffusion_target",
+]
 
 
 def sample_timesteps(batch_size: int, num_train_timesteps: int, antithetic: bool, device=None) -> torch.Tensor:
@@ -28,6 +39,22 @@ def sample_timesteps(batch_size: int, num_train_timesteps: int, antithetic: bool
         return torch.randint(0, num_train_timesteps, (batch_size,), device=device)
     half = torch.randint(0, num_train_timesteps, ((batch_size + 1) // 2,), device=device)
     return torch.cat([half, num_train_timesteps - 1 - half])[:batch_size]
+
+
+def diffusion_target(scheduler: Any, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What a denoiser learns to predict under ``scheduler``: the noise (DDPM), the velocity, or the clean sample."""
+    kind = prediction_type(scheduler)
+    if kind == "v_prediction":
+        return scheduler.get_velocity(clean, noise, timesteps)
+    if kind == "sample":
+        return clean
+    return noise
+
+
+def _image_and_mask(batchdata: Mapping[str, Any], device, non_blocking: bool, num_classes: int, keys: tuple[str, str]):
+    image = torch.as_tensor(batchdata[keys[0]]).to(device=device, dtype=torch.float32, non_blocking=non_blocking)
+    label = torch.as_tensor(batchdata[keys[1]]).to(device=device, non_blocking=non_blocking)
+    return image, label, encode_mask(label.long(), num_classes).to(image.dtype)
 
 
 class PairedDiffusionPrepareBatch(PrepareBatch):
@@ -59,21 +86,14 @@ class PairedDiffusionPrepareBatch(PrepareBatch):
 
     def target(self, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """What the networks learn to predict: the noise (paper), the velocity, or the clean sample."""
-        kind = prediction_type(self.scheduler)
-        if kind == "v_prediction":
-            return self.scheduler.get_velocity(clean, noise, timesteps)
-        if kind == "sample":
-            return clean
-        return noise
+        return diffusion_target(self.scheduler, clean, noise, timesteps)
 
     def __call__(
         self, batchdata: Mapping[str, torch.Tensor], device=None, non_blocking: bool = False, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
-        image = torch.as_tensor(batchdata[self.image_key]).to(
-            device=device, dtype=torch.float32, non_blocking=non_blocking
+        image, _, mask = _image_and_mask(
+            batchdata, device, non_blocking, self.num_classes, (self.image_key, self.label_key)
         )
-        label = torch.as_tensor(batchdata[self.label_key]).to(device=device, non_blocking=non_blocking)
-        mask = encode_mask(label.long(), self.num_classes).to(image.dtype)
         timesteps = sample_timesteps(image.shape[0], self.scheduler.num_train_timesteps, self.antithetic, image.device)
         mask_noise, image_noise = torch.randn_like(mask), torch.randn_like(image)
         noisy_mask = self.scheduler.add_noise(original_samples=mask, noise=mask_noise, timesteps=timesteps)
@@ -83,6 +103,73 @@ class PairedDiffusionPrepareBatch(PrepareBatch):
             [self.target(mask, mask_noise, timesteps), self.target(image, image_noise, timesteps)], dim=1
         )
         return inputs, targets, (), {"timesteps": timesteps, "clean_mask": mask}
+
+
+class _TaskBatch(PrepareBatch):
+    """Shared by the DiffuseExpand stages: per sample ``y1`` ~ Bernoulli(``image_probability``) picks whether the
+    clean sample is the image (``y1 = 1``) or the mask (``y1 = 0``); both are noised with one uniform t."""
+
+    def __init__(self, scheduler: Any, image_probability: float = 0.5, antithetic: bool = True) -> None:
+        if not 0.0 <= image_probability <= 1.0:
+            raise ValueError(f"image_probability must be in [0, 1], got {image_probability}.")
+        self.scheduler = scheduler
+        self.image_probability = image_probability
+        self.antithetic = antithetic
+
+    def noised(self, batchdata: Mapping[str, Any], device, non_blocking: bool):
+        image, label, mask = _image_and_mask(batchdata, device, non_blocking, 2, ("image", "label"))
+        if image.shape[1] != mask.shape[1]:
+            raise ValueError(
+                f"mask/image tasks share one network: the image must have {mask.shape[1]} channel(s) like the "
+                f"binary mask, got {image.shape[1]}."
+            )
+        if label.max() > 1 or label.min() < 0:
+            raise ValueError("DiffuseExpand models binary masks: labels must be 0/1 (set num_classes=2).")
+        batch = image.shape[0]
+        task = (torch.rand(batch, device=image.device) < self.image_probability).long()
+        is_image = task.view(-1, *([1] * (image.ndim - 1))).bool()
+        clean = torch.where(is_image, image, mask)
+        timesteps = sample_timesteps(batch, self.scheduler.num_train_timesteps, self.antithetic, image.device)
+        noise = torch.randn_like(clean)
+        noisy = self.scheduler.add_noise(original_samples=clean, noise=noise, timesteps=timesteps)
+        return task, is_image, clean, noise, noisy, timesteps, mask, label
+
+
+class TaskConditionedPrepareBatch(_TaskBatch):
+    """Stage I batches for :class:`common.task_conditioned.TaskConditionedDiffusionModel` (paper Eq. 3).
+
+    Image samples carry their mask as condition, dropped (set to ``NULL_CONDITION``) with probability
+    ``condition_dropout`` for classifier-free guidance (authors' code: 0.5); mask samples never have one.
+    Returns ``(x_t, target, (), {"timesteps", "task", "condition"})``.
+    """
+
+    def __init__(
+        self, scheduler: Any, condition_dropout: float = 0.5, image_probability: float = 0.5, antithetic: bool = True
+    ) -> None:
+        super().__init__(scheduler, image_probability, antithetic)
+        if not 0.0 <= condition_dropout <= 1.0:
+            raise ValueError(f"condition_dropout must be in [0, 1], got {condition_dropout}.")
+        self.condition_dropout = condition_dropout
+
+    def __call__(self, batchdata: Mapping[str, Any], device=None, non_blocking: bool = False, **kwargs: Any):
+        task, is_image, clean, noise, noisy, timesteps, mask, _ = self.noised(batchdata, device, non_blocking)
+        keep = torch.rand(task.shape[0], device=noisy.device) >= self.condition_dropout
+        keep = keep.view(-1, *([1] * (noisy.ndim - 1))) & is_image
+        condition = torch.where(keep, mask, torch.full_like(mask, NULL_CONDITION))
+        target = diffusion_target(self.scheduler, clean, noise, timesteps)
+        return noisy, target, (), {"timesteps": timesteps, "task": task, "condition": condition}
+
+
+class NoisySegmenterPrepareBatch(_TaskBatch):
+    """Stage II batches for :class:`common.noisy_segmenter.NoisySegmenter` (paper Eq. 4).
+
+    Returns ``(x_t, {"mask": 0/1 float, "task": y1 float}, (), {"timesteps"})``.
+    """
+
+    def __call__(self, batchdata: Mapping[str, Any], device=None, non_blocking: bool = False, **kwargs: Any):
+        task, _, _, _, noisy, timesteps, _, label = self.noised(batchdata, device, non_blocking)
+        target = {"mask": label.to(noisy.dtype), "task": task.to(noisy.dtype)}
+        return noisy, target, (), {"timesteps": timesteps}
 
 
 def training_items(pairs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -240,3 +240,65 @@ def test_dpm_solver_pp_from_diffusers_drives_the_paired_sampler(kind):
     torch.testing.assert_close(y0, image, atol=1e-3, rtol=0)
     # the multistep history lives in per-stream copies: the configured scheduler is untouched and reusable
     assert getattr(dpm, "num_inference_steps", None) is None
+
+
+class TaskOracle(nn.Module):
+    """Exact noise for a one-pair dataset, per task: task 0 -> the mask, task 1 -> the image; records conditions."""
+
+    def __init__(self, mask: torch.Tensor, image: torch.Tensor, alpha_bar: torch.Tensor) -> None:
+        super().__init__()
+        self.mask, self.image, self.alpha_bar = mask, image, alpha_bar.float()
+        self.conditions: list[torch.Tensor | None] = []
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x_t, timesteps, task, condition=None):
+        self.conditions.append(None if condition is None else condition.clone())
+        target = self.image if int(torch.as_tensor(task).flatten()[0]) == 1 else self.mask
+        ab = self.alpha_bar[timesteps].view(-1, 1, 1, 1)
+        return (x_t - ab.sqrt() * target) / (1 - ab).sqrt()
+
+
+class MeanClassifier(nn.Module):
+    """log p(y1 = image | x) grows with the mean of x; the mask logits are 0 (no pixel preference)."""
+
+    def forward(self, x, t):
+        return torch.zeros_like(x), 10 * x.mean(dim=(1, 2, 3))
+
+
+@pytest.mark.parametrize("method", ["ddim", "dpmsolver++"])
+def test_two_phase_sampler_with_oracles_returns_the_pair_and_conditions_on_its_mask(method):
+    from common.sampling import TwoPhaseSampler
+
+    mask = torch.where(torch.rand(1, 1, 8, 8) > 0.5, 1.0, -1.0)
+    image = torch.rand(1, 1, 8, 8) * 2 - 1
+    scheduler = build_scheduler(method)
+    oracle = TaskOracle(mask, image, scheduler.alphas_cumprod)
+    out_mask, out_image = TwoPhaseSampler(scheduler, num_inference_steps=10)(
+        oracle, torch.randn(1, 1, 8, 8), torch.randn(1, 1, 8, 8)
+    )
+    torch.testing.assert_close(out_mask, mask)
+    torch.testing.assert_close(out_image, image, atol=1e-3, rtol=0)
+    assert oracle.conditions[0] is None and len(oracle.conditions) == 20
+    assert all(torch.equal(c, mask) for c in oracle.conditions[10:])
+
+
+def test_two_phase_classifier_guidance_pushes_towards_the_class():
+    from common.sampling import TwoPhaseSampler
+
+    torch.manual_seed(0)
+    mask = torch.ones(2, 1, 8, 8)
+    scheduler = build_scheduler("ddim")
+
+    def oracle(x_t, timesteps, task, condition=None):  # predicts no noise: guidance effects accumulate
+        return torch.zeros_like(x_t)
+
+    noise = torch.randn(2, 1, 8, 8)
+    plain = TwoPhaseSampler(scheduler, 10).phase(oracle, noise, task=1, condition=mask)
+    off = TwoPhaseSampler(scheduler, 10, classifier=MeanClassifier(), classifier_scale=0.0).phase(
+        oracle, noise, 1, mask
+    )
+    guided = TwoPhaseSampler(scheduler, 10, classifier=MeanClassifier(), classifier_scale=2.0).phase(
+        oracle, noise, 1, mask
+    )
+    torch.testing.assert_close(off, plain)
+    assert (guided.mean(dim=(1, 2, 3)) > plain.mean(dim=(1, 2, 3)) + 0.05).all()

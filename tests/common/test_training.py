@@ -105,3 +105,47 @@ def test_prepare_batch_targets_follow_the_prediction_type():
     torch.testing.assert_close(
         ab.sqrt() * inputs[:, 1:] - (1 - ab).sqrt() * targets[:, 1:], image, rtol=1e-4, atol=1e-4
     )
+
+
+def _batch(n: int = 64) -> dict:
+    label = (torch.rand(n, 1, 8, 8) > 0.5).long()
+    return {"image": torch.rand(n, 1, 8, 8) * 2 - 1, "label": label}
+
+
+def test_task_conditioned_batch_noises_the_chosen_half_and_drops_masks():
+    from common.training import TaskConditionedPrepareBatch
+
+    torch.manual_seed(0)
+    scheduler = build_scheduler("ddim", prediction_type="epsilon")
+    batch = _batch(400)
+    noisy, target, args, kwargs = TaskConditionedPrepareBatch(scheduler, condition_dropout=0.25)(batch)
+    task, condition, t = kwargs["task"], kwargs["condition"], kwargs["timesteps"]
+    mask = batch["label"].float() * 2 - 1
+    clean = torch.where(task.view(-1, 1, 1, 1).bool(), batch["image"], mask)
+    torch.testing.assert_close(noisy, scheduler.add_noise(clean, target, t))
+    assert 0.4 < task.float().mean() < 0.6
+    is_image = task == 1
+    has_mask = (condition != 0).flatten(1).any(1)
+    assert not has_mask[~is_image].any(), "mask samples must never see a mask condition"
+    torch.testing.assert_close(condition[has_mask], mask[has_mask])
+    assert 0.65 < has_mask[is_image].float().mean() < 0.85  # 1 - dropout
+    assert args == ()
+
+
+def test_noisy_segmenter_batch_and_loss_follow_eq_4():
+    from common.noisy_segmenter import NoisySegmenterLoss
+    from common.training import NoisySegmenterPrepareBatch
+
+    torch.manual_seed(0)
+    noisy, target, _, kwargs = NoisySegmenterPrepareBatch(build_scheduler("ddim"))(_batch(16))
+    assert set(target) == {"mask", "task"} and kwargs["timesteps"].shape == (16,)
+    loss = NoisySegmenterLoss()
+    logits, task_logit = torch.randn(16, 1, 8, 8), torch.randn(16)
+    only_masks = {"mask": target["mask"], "task": torch.zeros(16)}
+    # masks: the task BCE alone, whatever the segmentation logits
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(task_logit, torch.zeros(16))
+    torch.testing.assert_close(loss((logits, task_logit), only_masks), expected)
+    torch.testing.assert_close(loss((logits * 5, task_logit), only_masks), expected)
+    # images: the segmentation terms count
+    only_images = {"mask": target["mask"], "task": torch.ones(16)}
+    assert loss((logits, task_logit), only_images) > expected
