@@ -56,6 +56,8 @@ __all__ = [
     "load_dataset",
     "subset_indices",
     "file_format",
+    "slab_split",
+    "load_volume_slices",
 ]
 
 logger = logging.getLogger(__name__)
@@ -673,3 +675,72 @@ def load_dataset(
     subset = f" (seeded subset of {total}, seed {seed})" if len(pairs) < total else ""
     logger.info("Loaded %d pairs%s [%s] from %s, split %s.", len(pairs), subset, formats, source, split)
     return pairs
+
+
+def slab_split(
+    pairs: Sequence[Mapping[str, Any]],
+    split: str,
+    fractions: Mapping[str, float] | None = None,
+    gap: int = 2,
+) -> list[dict]:
+    """One contiguous slab of a volume's slices: neighbouring slices are nearly identical, so a random slice split
+    leaks the test set into training. Slices keep their volume order; ``gap`` slices are left out between slabs.
+
+    ``fractions`` (default train 0.7, val 0.1, test 0.2, in that order along the slice axis) must sum to <= 1.
+    Pairs of several volumes are split per volume (each volume contributes its slab of each split).
+    """
+    fractions = dict(fractions or {"train": 0.7, "val": 0.1, "test": 0.2})
+    if split not in fractions:
+        raise DataError(f"split '{split}' is not one of the slabs {list(fractions)}.")
+    if any(f < 0 for f in fractions.values()) or sum(fractions.values()) > 1 + 1e-9:
+        raise DataError(f"slab fractions must be >= 0 and sum to <= 1, got {fractions}.")
+    by_volume: dict[str, list[Mapping[str, Any]]] = {}
+    for pair in pairs:
+        if pair.get("slice") is None:
+            raise DataError(f"slab_split needs slices of volumes; '{pair.get('name', '?')}' is a 2D image.")
+        by_volume.setdefault(str(pair.get("source", "")), []).append(pair)
+    chosen: list[dict] = []
+    for slices in by_volume.values():
+        slices = sorted(slices, key=lambda p: p["slice"])
+        usable, start = max(0, len(slices) - gap * (len(fractions) - 1)), 0  # fractions of what the gaps leave
+        for name, fraction in fractions.items():
+            count = int(round(fraction * usable))
+            if name == split:
+                chosen.extend(dict(p) for p in slices[start : start + count])
+            start += count + gap
+    if not chosen:
+        raise DataError(f"the '{split}' slab is empty: too few slices ({len(pairs)}) for fractions {fractions}.")
+    return chosen
+
+
+def load_volume_slices(
+    image: str | os.PathLike,
+    label: str | os.PathLike,
+    split: str | None = "train",
+    image_size: int | tuple[int, int] | None = 64,
+    num_classes: int = 2,
+    intensity_window: tuple[float, float] | None = None,
+    skip_empty_slices: bool = True,
+    slab_fractions: Mapping[str, float] | None = None,
+    gap: int = 2,
+) -> list[dict]:
+    """Axial slices of one volume (NIfTI file or DICOM series folder) with its label volume, as one contiguous slab
+    (:func:`slab_split`; ``split="all"`` or ``None`` keeps every slice, e.g. another scan used only for testing).
+    Slices without any label are dropped by default."""
+    for key, path in (("image_path", image), ("label_path", label)):
+        if path is None or not os.path.exists(path):
+            raise DataError(f"'{key}' {path!r} does not exist.")
+    pairs = load_pairs(
+        [{"image": str(image), "label": str(label)}],
+        image_size=image_size,
+        num_classes=num_classes,
+        skip_empty_slices=skip_empty_slices,
+        intensity_window=intensity_window,
+    )
+    if split is None or split == "all":
+        return pairs
+    chosen = slab_split(pairs, split, slab_fractions, gap)
+    logger.info(
+        "Slab '%s': %d of %d slices (%s ... %s).", split, len(chosen), len(pairs), chosen[0]["name"], chosen[-1]["name"]
+    )
+    return chosen

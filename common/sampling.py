@@ -15,6 +15,7 @@ import copy
 import logging
 from typing import Any
 
+import numpy as np
 import torch
 
 from common.guidance import (
@@ -36,6 +37,7 @@ __all__ = [
     "UnconditionalSampler",
     "ImageSampler",
     "TwoPhaseSampler",
+    "LabelConditionedSampler",
     "scheduler_step",
 ]
 
@@ -153,6 +155,29 @@ class MaskConditionedSampler:
         condition = encode_mask(chosen, self.num_classes).to(image_noise.dtype)
         image = self.image_sampler(lambda y_t, t: model.image_noise(condition, y_t, t), image_noise)
         return condition, image
+
+
+class LabelConditionedSampler:
+    """Images for given label maps with a ``model(x_t, t, label)`` (semantic synthesis, paper 004).
+
+    Pair ``i`` is the image for ``labels[i % len(labels)]``; returns ``(encoded labels, images)`` so
+    :func:`common.generation.generate_pairs` writes each synthetic image next to the label map it was made from.
+    """
+
+    def __init__(self, labels, scheduler: Any, num_inference_steps: int = 50, num_classes: int = 2) -> None:
+        if len(labels) == 0:
+            raise ValueError("LabelConditionedSampler needs at least one label map.")
+        self.labels = torch.stack([torch.as_tensor(np.asarray(m)) for m in labels]).long()
+        self.num_classes = num_classes
+        self.image_sampler = ImageSampler(scheduler, num_inference_steps)
+
+    @torch.no_grad()
+    def __call__(self, model, mask_noise: torch.Tensor, image_noise: torch.Tensor, indices=None):
+        if indices is None:
+            indices = range(image_noise.shape[0])
+        chosen = self.labels[[i % len(self.labels) for i in indices]].to(image_noise.device)
+        image = self.image_sampler(lambda x_t, t: model(x_t, t, chosen), image_noise)
+        return encode_mask(chosen, self.num_classes).to(image.dtype), image
 
 
 class UnconditionalSampler:

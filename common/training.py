@@ -26,6 +26,7 @@ __all__ = [
     "PairedDiffusionPrepareBatch",
     "TaskConditionedPrepareBatch",
     "NoisySegmenterPrepareBatch",
+    "SemanticDiffusionPrepareBatch",
     "iteration_loader",
     "training_items",
     "sample_timesteps",
@@ -170,6 +171,30 @@ class NoisySegmenterPrepareBatch(_TaskBatch):
         task, _, _, _, noisy, timesteps, _, label = self.noised(batchdata, device, non_blocking)
         target = {"mask": label.to(noisy.dtype), "task": task.to(noisy.dtype)}
         return noisy, target, (), {"timesteps": timesteps}
+
+
+class SemanticDiffusionPrepareBatch(PrepareBatch):
+    """Label map -> image batches for :class:`common.semantic_model.SemanticDiffusionModel` (paper 004).
+
+    Returns ``(x_t, target, (), {"timesteps", "label"})``. ``target`` is the noise (for a plain MSE) or, with
+    ``hybrid=True``, the dict :class:`common.losses.HybridLoss` needs: ``{"noise", "x0", "x_t", "timesteps"}``.
+    """
+
+    def __init__(self, scheduler: Any, hybrid: bool = True, antithetic: bool = True) -> None:
+        self.scheduler = scheduler
+        self.hybrid = hybrid
+        self.antithetic = antithetic
+
+    def __call__(self, batchdata: Mapping[str, Any], device=None, non_blocking: bool = False, **kwargs: Any):
+        image = torch.as_tensor(batchdata["image"]).to(device=device, dtype=torch.float32, non_blocking=non_blocking)
+        label = torch.as_tensor(batchdata["label"]).to(device=device, non_blocking=non_blocking).long()
+        timesteps = sample_timesteps(image.shape[0], self.scheduler.num_train_timesteps, self.antithetic, image.device)
+        noise = torch.randn_like(image)
+        noisy = self.scheduler.add_noise(original_samples=image, noise=noise, timesteps=timesteps)
+        target: Any = diffusion_target(self.scheduler, image, noise, timesteps)
+        if self.hybrid:
+            target = {"noise": noise, "x0": image, "x_t": noisy, "timesteps": timesteps}
+        return noisy, target, (), {"timesteps": timesteps, "label": label}
 
 
 def training_items(pairs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -661,3 +661,63 @@ def test_ct_dicom_series_is_geometrically_aligned_with_its_label(tmp_path):
     for axis in (0, 1):  # a left-right or antero-posterior flip would put the liver on other tissue
         assert mean_hu(6, axis) < liver - 40
     assert world_centroid(pairs, 6)[0] > world_centroid(pairs, 1)[0] + 100  # liver on the patient's right
+
+
+# ------------------------------------------------------------------------------------------- contiguous slabs
+
+
+def volume_slices(count: int, source: str = "ct.nii.gz") -> list[dict]:
+    return [{"name": f"{source}_{k}", "slice": k, "source": source} for k in range(count)]
+
+
+def test_slab_split_is_contiguous_ordered_and_gapped():
+    from common.data import slab_split
+
+    pairs = volume_slices(50)[::-1]  # any input order
+    slabs = {s: [p["slice"] for p in slab_split(pairs, s)] for s in ("train", "val", "test")}
+    # the fractions apply to the 46 slices the two gaps leave: 32 + 5 (4.6) + 9 (9.2)
+    assert slabs["train"] == list(range(0, 32))
+    assert slabs["val"] == list(range(34, 39))
+    assert slabs["test"] == list(range(41, 50))
+    for a, b in (("train", "val"), ("val", "test")):
+        assert min(slabs[b]) - max(slabs[a]) == 3  # two slices left out between neighbours
+    custom = slab_split(volume_slices(10), "test", {"train": 0.5, "test": 0.5}, gap=0)
+    assert [p["slice"] for p in custom] == [5, 6, 7, 8, 9]
+
+
+def test_slab_split_splits_each_volume_on_its_own():
+    from common.data import slab_split
+
+    pairs = volume_slices(20, "a") + volume_slices(10, "b")
+    test = slab_split(pairs, "test", gap=0)
+    expected = [("a", 16), ("a", 17), ("a", 18), ("a", 19), ("b", 8), ("b", 9)]
+    assert [(p["source"], p["slice"]) for p in test] == expected
+
+
+def test_slab_split_errors_name_the_problem():
+    from common.data import slab_split
+
+    with pytest.raises(DataError, match="split 'holdout'"):
+        slab_split(volume_slices(10), "holdout")
+    with pytest.raises(DataError, match="sum to <= 1"):
+        slab_split(volume_slices(10), "train", {"train": 0.8, "test": 0.4})
+    with pytest.raises(DataError, match="'img3' is a 2D image"):
+        slab_split([{"name": "img3", "slice": None}], "train")
+    with pytest.raises(DataError, match="'test' slab is empty"):
+        slab_split(volume_slices(4), "test")
+
+
+@needs("ct_abdomen", "ct.nii.gz")
+def test_volume_slabs_of_the_abdominal_ct_do_not_overlap():
+    from common.data import load_volume_slices
+
+    ct = DATA / "ct_abdomen"
+    kwargs = {"image_size": 32, "num_classes": 14, "intensity_window": (40, 400)}
+    slabs = {s: load_volume_slices(ct / "ct.nii.gz", ct / "labels.nii.gz", s, **kwargs) for s in ("train", "test")}
+    train, test = ({p["slice"] for p in slabs[s]} for s in ("train", "test"))
+    assert len(train) > 3 * len(test) > 0 and max(train) + 2 < min(test)
+    every = load_volume_slices(ct / "ct.nii.gz", ct / "labels.nii.gz", "all", **kwargs)
+    assert len(every) > len(train) + len(test)
+    assert all(p["image"].shape == (1, 32, 32) and -1 <= p["image"].min() <= p["image"].max() <= 1 for p in every)
+    with pytest.raises(DataError, match="'label_path'.*missing.nii.gz"):
+        load_volume_slices(ct / "ct.nii.gz", ct / "missing.nii.gz", "train", **kwargs)

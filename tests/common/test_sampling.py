@@ -302,3 +302,30 @@ def test_two_phase_classifier_guidance_pushes_towards_the_class():
     )
     torch.testing.assert_close(off, plain)
     assert (guided.mean(dim=(1, 2, 3)) > plain.mean(dim=(1, 2, 3)) + 0.05).all()
+
+
+def test_label_conditioned_sampler_cycles_label_maps_and_uses_the_learned_variance():
+    from common.losses import LearnedVarianceScheduler
+    from common.sampling import LabelConditionedSampler
+    from common.transforms import encode_mask
+
+    seen = []
+
+    def model(x_t, t, label):
+        seen.append(label.clone())
+        # a constant "noise" guess and the posterior variance: the scheduler turns it into x0 = -1 images
+        ab = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+        eps = (x_t + ab.sqrt()) / (1 - ab).sqrt()
+        return torch.cat([eps, -torch.ones_like(x_t)], 1)
+
+    scheduler = LearnedVarianceScheduler(num_train_timesteps=50)
+    labels = [torch.full((1, 4, 4), k) for k in range(3)]
+    sampler = LabelConditionedSampler(labels, scheduler, num_inference_steps=5, num_classes=3)
+    torch.manual_seed(0)
+    masks, images = sampler(model, None, torch.randn(4, 1, 4, 4), indices=[0, 1, 2, 4])
+    assert [int(m[0, 0, 0]) for m in seen[0]] == [0, 1, 2, 1]  # pair i uses labels[i % 3]
+    assert len(seen) == 5 and all(torch.equal(s, seen[0]) for s in seen)
+    torch.testing.assert_close(masks, encode_mask(torch.stack(labels)[[0, 1, 2, 1]], 3))
+    torch.testing.assert_close(images, torch.full_like(images, -1.0), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="at least one label map"):
+        LabelConditionedSampler([], scheduler)

@@ -149,3 +149,22 @@ def test_noisy_segmenter_batch_and_loss_follow_eq_4():
     # images: the segmentation terms count
     only_images = {"mask": target["mask"], "task": torch.ones(16)}
     assert loss((logits, task_logit), only_images) > expected
+
+
+def test_semantic_batch_gives_the_hybrid_loss_everything_it_needs():
+    from common.losses import HybridLoss
+    from common.training import SemanticDiffusionPrepareBatch
+
+    scheduler = build_scheduler("ddpm", num_train_timesteps=100)
+    torch.manual_seed(0)
+    batch = {"image": torch.rand(4, 1, 8, 8) * 2 - 1, "label": torch.randint(0, 3, (4, 1, 8, 8))}
+    x_t, target, args, kwargs = SemanticDiffusionPrepareBatch(scheduler)(batch)
+    assert args == () and set(kwargs) == {"timesteps", "label"} and kwargs["label"].dtype == torch.long
+    assert set(target) == {"noise", "x0", "x_t", "timesteps"}
+    assert torch.equal(target["x_t"], x_t) and torch.equal(target["timesteps"], kwargs["timesteps"])
+    expected = scheduler.add_noise(batch["image"], target["noise"], kwargs["timesteps"])
+    torch.testing.assert_close(x_t, expected)
+    perfect = torch.cat([target["noise"], -torch.ones_like(x_t)], 1)  # true noise, posterior variance
+    assert float(HybridLoss(scheduler)(perfect, target)) < 1e-6
+    _, plain_target, _, _ = SemanticDiffusionPrepareBatch(scheduler, hybrid=False)(batch)
+    assert isinstance(plain_target, torch.Tensor) and plain_target.shape == (4, 1, 8, 8)

@@ -160,3 +160,66 @@ def test_slice_and_resized_affine():
     edge_before = affine[0, 3] - affine[0, 0] / 2
     edge_after = half[0, 3] - half[0, 0] / 2
     assert edge_before == pytest.approx(edge_after)
+
+
+# ------------------------------------------------------------------------- semantic edges and the CT body class
+
+
+def test_semantic_edges_mark_both_sides_of_every_class_boundary():
+    from common.transforms import semantic_edges
+
+    label = torch.zeros(1, 1, 8, 8, dtype=torch.long)
+    label[..., 2:5, 2:5] = 1  # a 3x3 square: every pixel of it touches the outside except the centre
+    label[..., 3, 3] = 2
+    edges = semantic_edges(label)[0, 0]
+    assert edges.dtype == torch.float32 and set(edges.unique().tolist()) == {0.0, 1.0}
+    inner_ring = torch.zeros(8, 8, dtype=torch.bool)
+    inner_ring[2:5, 2:5] = True  # the square (its centre is another class, so it is all edge)
+    outer_ring = torch.zeros(8, 8, dtype=torch.bool)
+    outer_ring[1:6, 2:5] = True
+    outer_ring[2:5, 1:6] = True  # 4-neighbours of the square outside it
+    assert torch.equal(edges.bool(), inner_ring | outer_ring)
+    assert semantic_edges(torch.zeros(2, 1, 4, 4, dtype=torch.long)).sum() == 0
+    with pytest.raises(ValueError, match=r"\(B, 1, H, W\)"):
+        semantic_edges(torch.zeros(4, 4))
+
+
+def ct_like_slice(size: int = 32) -> np.ndarray:
+    """Air (-1) around an elliptical body (0.2) with a low-density hole (fat, -0.97) and a speck of noise outside."""
+    yy, xx = np.mgrid[:size, :size]
+    image = np.full((1, size, size), -1.0, np.float32)
+    body = ((yy - size / 2) / (size * 0.35)) ** 2 + ((xx - size / 2) / (size * 0.45)) ** 2 <= 1
+    image[0][body] = 0.2
+    image[0, size // 2 - 1 : size // 2 + 1, size // 2 - 1 : size // 2 + 1] = -0.97  # below the threshold, inside
+    image[0, 1, 1] = 0.5  # a one-pixel artefact in the air
+    return image, body
+
+
+def test_body_mask_keeps_the_largest_component_with_its_holes_filled():
+    from common.transforms import body_mask
+
+    image, body = ct_like_slice()
+    mask = body_mask(image)
+    assert mask.shape == (1, 32, 32) and mask.dtype == bool
+    assert not mask[0, 1, 1]  # the speck is not the body
+    assert mask[0, 16, 16]  # the hole is filled
+    # opening trims the body's outline a little, never more than a pixel deep
+    assert (mask[0] & ~body).sum() == 0 and (body & ~mask[0]).sum() < 0.1 * body.sum()
+    assert body_mask(np.full((8, 8), -1.0)).sum() == 0  # all air: no body, 2D in, 2D out
+
+
+def test_add_body_class_labels_body_outside_organs_as_a_new_class():
+    from common.transforms import add_body_class
+
+    image, body = ct_like_slice()
+    label = np.zeros((1, 32, 32), np.int64)
+    label[0, 12:16, 12:16] = 2  # an organ inside the body
+    pair = {"name": "s0", "image": image, "label": label}
+    (out,) = add_body_class([pair], num_classes=3)
+    assert pair["label"] is label and label.max() == 2  # the input is not modified
+    assert set(np.unique(out["label"])) == {0, 2, 3}
+    assert (out["label"][0, 12:16, 12:16] == 2).all()  # organs keep their class
+    assert (out["label"][0][~body] == 0).all()  # air stays background
+    assert (out["label"] == 3).sum() > 0.8 * (body.sum() - 16)
+    with pytest.raises(InputError, match="s0.*class 2 >= num_classes 2"):
+        add_body_class([pair], num_classes=2)

@@ -1,0 +1,211 @@
+"""Evaluate label-map -> image synthesis against the real images of the same label maps (paper 004, Tables 1-2).
+
+For each method (a PairWriter folder whose pair ``i`` was synthesized from real slice ``i``'s label map):
+
+* FID of the synthetic vs the real slices (offline Inception, optional extra; ``None`` when it is not installed);
+* PSNR and SSIM of each synthetic slice against its real slice (``common.metrics.paired_image_metrics``);
+* per-organ Dice of an organ segmenter applied to the synthetic slices, against the label map they were made from.
+  The paper used TotalSegmentator; offline, a MONAI UNet trained on the real training slices (organ classes only,
+  the body class folded into background) plays its part, and its Dice on the real test slices is reported as the
+  "real" row: the ceiling a perfect synthesis would reach.
+
+Writes ``results.json``, ``results.md`` (methods x metrics x organs, the paper's Table 1 layout) and ``figure.png``
+(label | real | one column per method, a few slices).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from common.errors import InputError
+from common.metrics import alignment_dice, compute_fid, paired_image_metrics
+from common.seg_eval import build_segmenter, load_segmenter, save_segmenter, train_segmenter
+from common.writers import PairWriter, atomic_write_bytes
+
+__all__ = ["evaluate_semantic_synthesis", "organ_segmenter", "save_comparison_figure"]
+
+logger = logging.getLogger(__name__)
+
+
+def _organ_only(label: np.ndarray, organ_classes: int) -> np.ndarray:
+    """Fold the extra body class (and anything beyond the organ classes) into background."""
+    label = np.asarray(label, np.int64)
+    return np.where(label >= organ_classes, 0, label)
+
+
+def organ_segmenter(
+    path: str,
+    train_pairs: Sequence[Mapping[str, Any]],
+    organ_classes: int,
+    image_size: int = 64,
+    iterations: int = 1500,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> torch.nn.Module:
+    """The stand-in for TotalSegmentator: loaded from ``path`` or trained on the real training slices, then saved."""
+    if os.path.isfile(path):
+        return load_segmenter(path, device)
+    pairs = [{"image": p["image"], "label": _organ_only(p["label"], organ_classes)} for p in train_pairs]
+    torch.manual_seed(seed)
+    model = build_segmenter("unet", organ_classes, image_size)
+    stats = train_segmenter(model, pairs, iterations=iterations, seed=seed, device=device)
+    logger.info(
+        "organ segmenter: %d slices, %d iterations, final loss %.4f", len(pairs), iterations, stats["final_loss"]
+    )
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_segmenter(model, path, "unet", organ_classes, image_size)
+    return model.eval()
+
+
+def _read_method(folder: str, count: int, num_classes: int) -> np.ndarray:
+    writer = PairWriter(folder, num_classes=num_classes)
+    missing = [i for i in range(count) if not writer.is_complete(i)]
+    if missing:
+        raise InputError(
+            f"method folder '{folder}' lacks {len(missing)} of the {count} synthetic slices "
+            f"(first: pair {missing[0]}); "
+            "run inference.json with the same label maps first."
+        )
+    return np.stack([writer.read(i)[0] for i in range(count)])
+
+
+def _fid(generated: np.ndarray, real: np.ndarray) -> float | None:
+    try:
+        return compute_fid(generated, real)
+    except InputError as exc:  # the optional Inception weights are not installed
+        logger.warning("FID skipped: %s", exc)
+        return None
+
+
+def evaluate_semantic_synthesis(
+    real_pairs: Sequence[Mapping[str, Any]],
+    methods: Mapping[str, str],
+    segmenter: torch.nn.Module,
+    organ_classes: int,
+    model_classes: int,
+    output_dir: str,
+    class_names: Mapping[str, str] | None = None,
+    fid: bool = True,
+    figure_slices: int = 4,
+    note: str = "",
+) -> dict[str, Any]:
+    """Score every method folder against ``real_pairs`` (the slices whose label maps were synthesized)."""
+    if not real_pairs:
+        raise InputError("no real slices to compare against.")
+    if not methods:
+        raise InputError("'methods' must name at least one folder of synthetic slices.")
+    real = np.stack([np.asarray(p["image"], np.float32) for p in real_pairs])
+    organs = np.stack([_organ_only(p["label"], organ_classes) for p in real_pairs])
+    names = dict(class_names or {})
+    results: dict[str, Any] = {"slices": len(real_pairs), "organ_classes": organ_classes, "note": note, "methods": {}}
+
+    def organ_dice(images: np.ndarray) -> dict[str, Any]:
+        scores = alignment_dice(segmenter, images, organs, num_classes=organ_classes)
+        per_organ = {}
+        for c in range(1, organ_classes):
+            value = scores.get(f"dice_mean_class{c}")
+            if value is not None and not math.isnan(value):
+                per_organ[names.get(str(c), f"class_{c}")] = round(float(value), 4)
+        return {"mean": scores.get("dice_mean"), "per_organ": per_organ}
+
+    results["methods"]["real"] = {"fid": None, "psnr": None, "ssim": None, "dice": organ_dice(real)}
+    synthetic: dict[str, np.ndarray] = {}
+    for method, folder in methods.items():
+        images = _read_method(folder, len(real_pairs), model_classes)
+        synthetic[method] = images
+        paired = paired_image_metrics(images, real)
+        results["methods"][method] = {
+            "folder": os.path.abspath(folder),
+            "fid": _fid(images, real) if fid else None,
+            "psnr": paired["psnr_mean"],
+            "psnr_std": paired["psnr_std"],
+            "ssim": paired["ssim_mean"],
+            "ssim_std": paired["ssim_std"],
+            "dice": organ_dice(images),
+        }
+        logger.info("%s: %s", method, {k: results["methods"][method][k] for k in ("fid", "psnr", "ssim")})
+    os.makedirs(output_dir, exist_ok=True)
+    atomic_write_bytes(
+        os.path.join(output_dir, "results.json"), json.dumps(results, indent=2, default=float).encode("utf-8")
+    )
+    atomic_write_bytes(os.path.join(output_dir, "results.md"), markdown_table(results).encode("utf-8"))
+    save_comparison_figure(os.path.join(output_dir, "figure.png"), real_pairs, synthetic, model_classes, figure_slices)
+    return results
+
+
+def _cell(value: Any, digits: int = 3) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def markdown_table(results: Mapping[str, Any]) -> str:
+    """Methods x (FID, PSNR, SSIM, mean Dice, Dice per organ), organs present in the slices only."""
+    organs: list[str] = []
+    for entry in results["methods"].values():
+        organs += [o for o in entry["dice"]["per_organ"] if o not in organs]
+    head = ["method", "FID", "PSNR", "SSIM", "Dice (mean)", *organs]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method, entry in results["methods"].items():
+        per_organ = entry["dice"]["per_organ"]
+        cells = [
+            method,
+            _cell(entry["fid"], 1),
+            _cell(entry["psnr"], 2),
+            _cell(entry["ssim"]),
+            _cell(entry["dice"]["mean"]),
+            *[_cell(per_organ.get(o)) for o in organs],
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(
+        f"{results['slices']} slices. FID/PSNR/SSIM against the real slice of the same label map; Dice of the organ "
+        "segmenter on each image vs the label map it came from (the 'real' row: the segmenter on the real slices). "
+        + results.get("note", "")
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _palette(num_classes: int) -> np.ndarray:
+    rng = np.random.default_rng(3)
+    colours = rng.integers(40, 256, size=(num_classes, 3)).astype(np.uint8)
+    colours[0] = 0
+    return colours
+
+
+def save_comparison_figure(
+    path: str,
+    real_pairs: Sequence[Mapping[str, Any]],
+    synthetic: Mapping[str, np.ndarray],
+    num_classes: int,
+    slices: int = 4,
+    scale: int = 2,
+) -> None:
+    """Rows of evenly spaced slices: label map | real | each method (greyscale, [-1, 1] -> 0..255)."""
+    count = len(real_pairs)
+    rows = sorted({int(round(k)) for k in np.linspace(0, count - 1, min(slices, count))})
+    palette = _palette(num_classes)
+
+    def grey(image: np.ndarray) -> np.ndarray:
+        plane = np.clip((np.asarray(image)[0] + 1) * 127.5, 0, 255).astype(np.uint8)
+        return np.repeat(plane[..., None], 3, axis=2)
+
+    tiles = []
+    for r in rows:
+        label = palette[np.clip(np.asarray(real_pairs[r]["label"])[0], 0, num_classes - 1)]
+        row = [label, grey(real_pairs[r]["image"])] + [grey(images[r]) for images in synthetic.values()]
+        tiles.append(np.concatenate(row, axis=1))
+    grid = np.concatenate(tiles, axis=0)
+    picture = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+    tmp = path + ".tmp.png"
+    picture.save(tmp)
+    os.replace(tmp, path)
+    with open(path + ".txt", "w") as f:
+        f.write("columns: label | real | " + " | ".join(synthetic) + f"\nrows: slices {rows}\n")
