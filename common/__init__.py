@@ -10,6 +10,7 @@ import importlib
 from typing import Any
 
 __all__ = [
+    "augmentations",
     "checkpoints",
     "data",
     "errors",
@@ -22,6 +23,7 @@ __all__ = [
     "metrics",
     "noisy_segmenter",
     "paired_model",
+    "patch_mixing",
     "pix2pix",
     "provenance",
     "sampling",

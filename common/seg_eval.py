@@ -51,6 +51,7 @@ from monai.transforms import (
 )
 from PIL import Image, ImageDraw, ImageFont
 
+from common.augmentations import AUGMENTATIONS, conventional_augmentation
 from common.data import load_dataset, subset_indices
 from common.errors import InputError
 from common.training import iteration_loader, training_items
@@ -262,14 +263,20 @@ def augmentation() -> list[Callable]:
     ]
 
 
-def _training_dataset(pairs: Sequence[Mapping[str, Any]], augment: bool, seed: int) -> Dataset:
+def _augmentation_name(augment: bool | str) -> str:
+    return "augmentation" if augment is True else f"{augment} augmentation"
+
+
+def _training_dataset(pairs: Sequence[Mapping[str, Any]], augment: bool | str, seed: int) -> Dataset:
+    """``augment``: False, True (:func:`augmentation`) or a name from :data:`common.augmentations.AUGMENTATIONS`."""
     items = training_items(pairs)
     if not augment:
         return Dataset(data=items)
+    transforms = augmentation() if augment is True else conventional_augmentation(augment)
     transform = Compose(
         [
             EnsureTyped(keys=["image", "label"], track_meta=False),
-            *augmentation(),
+            *transforms,
             EnsureTyped(keys="image", dtype=torch.float32, track_meta=False),
             EnsureTyped(keys="label", dtype=torch.long, track_meta=False),
         ]
@@ -284,7 +291,7 @@ def train_segmenter(
     iterations: int = DEFAULTS["iterations"],
     batch_size: int = DEFAULTS["batch_size"],
     lr: float = DEFAULTS["lr"],
-    augment: bool = False,
+    augment: bool | str = False,
     seed: int = 0,
     device: str | torch.device = "cpu",
     handlers: Sequence[Any] = (),
@@ -617,9 +624,14 @@ def _check_conditions(conditions: Any, folds: int | None) -> dict[str, dict[str,
             )
         synthetic = spec.get("synthetic") or []
         synthetic = [synthetic] if isinstance(synthetic, (str, os.PathLike)) else list(synthetic)
-        for key in ("real", "augment"):
-            if not isinstance(spec.get(key, key == "real"), bool):
-                raise InputError(f"condition '{name}' key '{key}' must be true or false, got {spec[key]!r}.")
+        if not isinstance(spec.get("real", True), bool):
+            raise InputError(f"condition '{name}' key 'real' must be true or false, got {spec['real']!r}.")
+        augment = spec.get("augment", False)
+        if not isinstance(augment, bool) and augment not in AUGMENTATIONS:
+            raise InputError(
+                f"condition '{name}' key 'augment' must be true, false or one of {', '.join(AUGMENTATIONS)}, "
+                f"got {augment!r}."
+            )
         max_synthetic = spec.get("max_synthetic")
         if max_synthetic is not None:
             _positive_int(f"{name}.max_synthetic", max_synthetic)
@@ -746,8 +758,9 @@ def run_segmentation_evaluation(
     keeps a seeded subset of the real training pairs, drawn with ``subset_seed`` and independent of the training seed so
     that every seed sees the pairs the generator was trained on (use the generator's seed; train.json's default is 0).
     ``conditions``: name -> ``{"real": bool, "synthetic": [PairWriter folders, '{fold}' formatted per fold],
-    "augment": bool, "max_synthetic": int | None}``. Finished runs under ``output_dir/runs`` are reused, so a killed
-    evaluation resumes; ``save_models`` also keeps each trained segmenter as ``runs/<run>.pt``.
+    "augment": bool or a Table II name (common.augmentations), "max_synthetic": int | None}``. Finished runs under
+    ``output_dir/runs`` are reused, so a killed evaluation resumes; ``save_models`` also keeps each trained segmenter
+    as ``runs/<run>.pt``.
     """
     seeds = [seeds] if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool) else list(seeds or [])
     if not seeds or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in seeds):
@@ -873,7 +886,7 @@ def run_segmentation_evaluation(
             len(pool),
             n_real,
             len(pool) - n_real,
-            " with augmentation" if spec["augment"] else "",
+            "" if not spec["augment"] else " with " + _augmentation_name(spec["augment"]),
         )
         torch.manual_seed(seed)
         model = build_segmenter(network, num_classes, image_size, network_kwargs=network_kwargs)
@@ -1012,7 +1025,8 @@ def write_markdown(path: str | os.PathLike, results: Mapping[str, Any]) -> None:
             lines += ["", f"Class {c}:", "", *_table(aggregated, None, baseline, c)]
     lines += ["", "Conditions:", ""]
     for name, spec in protocol["conditions"].items():
-        parts = ["real" if spec["real"] else "no real"] + (["augmentation"] if spec["augment"] else [])
+        augment = spec["augment"]
+        parts = ["real" if spec["real"] else "no real"] + ([_augmentation_name(augment)] if augment else [])
         parts += [
             f"synthetic `{s}`" + (f" (≤ {spec['max_synthetic']})" if spec["max_synthetic"] else "")
             for s in spec["synthetic"]

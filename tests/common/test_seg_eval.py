@@ -227,6 +227,18 @@ def test_training_is_seeded_and_saved_segmenter_predicts_the_same(data, tmp_path
     assert seg_eval.predict(model, images).shape == (8, 1, 32, 32)
 
 
+def test_a_table_ii_augmentation_trains_seeded_and_differs_from_none(data):
+    pairs = load_dataset(data["real"], split="train", image_size=32)
+    states = []
+    for augment in ("DeepStack", "DeepStack", False):
+        torch.manual_seed(0)
+        model = seg_eval.build_segmenter("unet", 2, 32, network_kwargs=TINY_NET)
+        seg_eval.train_segmenter(model, pairs, iterations=3, batch_size=4, augment=augment, seed=0)
+        states.append(model.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert any(not torch.equal(states[0][k], states[2][k]) for k in states[0])
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # the workflow
 # --------------------------------------------------------------------------------------------------------------------
@@ -325,6 +337,10 @@ def test_kfold_run_with_a_generator_per_fold(data, tmp_path, count_trainings):
         ({"real": {}}, "'dataset_dir' (or 'datalist') must be set"),
         ({"conditions": {"x": {"real": False}}}, "condition 'x' has no training data"),
         ({"conditions": {"a/b": {}}}, "condition name 'a/b'"),
+        (
+            {"conditions": {"x": {"augment": "RandomBlur"}}},
+            "key 'augment' must be true, false or one of RandomContrast",
+        ),
         ({"seeds": []}, "'seeds' must be a non-empty list"),
     ],
 )
