@@ -14,10 +14,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from monai.engines import PrepareBatch
 from torch.utils.data import DataLoader, RandomSampler
 
+from common.errors import InputError
 from common.schedulers import prediction_type
 from common.task_conditioned import NULL_CONDITION
 from common.transforms import encode_mask
@@ -27,6 +29,7 @@ __all__ = [
     "TaskConditionedPrepareBatch",
     "NoisySegmenterPrepareBatch",
     "SemanticDiffusionPrepareBatch",
+    "TextEdgePrepareBatch",
     "iteration_loader",
     "training_items",
     "sample_timesteps",
@@ -197,9 +200,63 @@ class SemanticDiffusionPrepareBatch(PrepareBatch):
         return noisy, target, (), {"timesteps": timesteps, "label": label}
 
 
-def training_items(pairs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Keep only ``image`` and ``label`` of each loaded pair so the default collate can stack them."""
-    return [{"image": p["image"], "label": p["label"]} for p in pairs]
+class TextEdgePrepareBatch(PrepareBatch):
+    """Prompt + edge -> image batches for :class:`common.text_edge_model.TextEdgeDiffusionModel` (DiffBoost).
+
+    Batches hold ``image``, ``label`` and ``prompt`` (strings). Edges come from the image (``edge_source="image"``,
+    Canny: pretraining) or from the mask boundary (``"mask"``: task fine-tuning), always from the unaugmented image.
+    With probability ``phrase_probability`` an image gets one random augmentation phrase appended to its prompt and
+    the appearance change the phrase names (:func:`common.text_conditioning.apply_phrase`), so the offline encoder
+    learns what the phrases mean. Returns ``(x_t, target, (), {"timesteps", "tokens", "edges"})``.
+    """
+
+    def __init__(
+        self,
+        scheduler: Any,
+        tokenizer: Any,
+        edge_source: str = "mask",
+        phrase_probability: float = 0.3,
+        antithetic: bool = True,
+        seed: int = 0,
+    ) -> None:
+        if edge_source not in ("image", "mask"):
+            raise InputError(f"'edge_source' must be 'image' or 'mask', got {edge_source!r}.")
+        if not 0.0 <= phrase_probability <= 1.0:
+            raise InputError(f"'phrase_probability' must be in [0, 1], got {phrase_probability!r}.")
+        self.scheduler = scheduler
+        self.tokenizer = tokenizer
+        self.edge_source = edge_source
+        self.phrase_probability = float(phrase_probability)
+        self.antithetic = antithetic
+        self.random = np.random.default_rng(seed)
+
+    def __call__(self, batchdata: Mapping[str, Any], device=None, non_blocking: bool = False, **kwargs: Any):
+        from common.edges import canny_edges, mask_edges
+        from common.text_conditioning import AUGMENTATION_PHRASES, apply_phrase
+
+        image = torch.as_tensor(batchdata["image"]).float()
+        label = torch.as_tensor(batchdata["label"]).long()
+        prompts = list(batchdata["prompt"])
+        edges = canny_edges(image) if self.edge_source == "image" else mask_edges(label)
+        phrases = list(AUGMENTATION_PHRASES)
+        for i in range(image.shape[0]):
+            if self.random.random() < self.phrase_probability:
+                phrase = phrases[int(self.random.integers(len(phrases)))]
+                image[i : i + 1] = apply_phrase(image[i : i + 1], phrase)
+                prompts[i] = f"{prompts[i]}, {phrase}"
+        image = image.to(device=device, non_blocking=non_blocking)
+        timesteps = sample_timesteps(image.shape[0], self.scheduler.num_train_timesteps, self.antithetic, image.device)
+        noise = torch.randn_like(image)
+        noisy = self.scheduler.add_noise(original_samples=image, noise=noise, timesteps=timesteps)
+        target = diffusion_target(self.scheduler, image, noise, timesteps)
+        tokens = self.tokenizer(prompts).to(image.device)
+        return noisy, target, (), {"timesteps": timesteps, "tokens": tokens, "edges": edges.to(image.device)}
+
+
+def training_items(pairs: Sequence[Mapping[str, Any]], extra_keys: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Keep only ``image``, ``label`` (and ``extra_keys``, e.g. ``prompt``) of each pair so the default collate can
+    stack them."""
+    return [{"image": p["image"], "label": p["label"], **{k: p[k] for k in extra_keys}} for p in pairs]
 
 
 def iteration_loader(

@@ -1,0 +1,120 @@
+"""DiffBoost's text side (paper 003): "modality, organ, category" prompts, augmentation phrases, an offline encoder.
+
+The paper encodes prompts with Stable Diffusion's CLIP text encoder. Offline, with no pretrained weights, the default
+here is a small learned encoder over a closed prompt vocabulary: word embeddings + positions + one transformer layer,
+trained with the diffusion model. It can only know words it was trained on, so the augmentation phrases are learned
+from real, phrase-consistent augmentations during training (:data:`AUGMENTATION_PHRASES` pairs each phrase with the
+MONAI transform that produces it); at generation the same phrases then ask for that variation.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import nn
+
+from common.errors import InputError
+
+__all__ = [
+    "PAD",
+    "UNKNOWN",
+    "AUGMENTATION_PHRASES",
+    "apply_phrase",
+    "build_prompt",
+    "PromptTokenizer",
+    "LearnedTextEncoder",
+]
+
+PAD, UNKNOWN = "<pad>", "<unk>"
+
+# phrase -> what a training image gets when the phrase is appended (apply_phrase, common.training.TextEdgePrepareBatch)
+AUGMENTATION_PHRASES = {
+    "enhanced contrast": "contrast x1.3 around the mean",
+    "low contrast": "contrast x0.7 around the mean",
+    "high brightness": "gamma 0.7",
+    "low brightness": "gamma 1.5",
+    "low resolution": "down-sampled by 2 and back",
+}
+
+
+def apply_phrase(image: torch.Tensor, phrase: str) -> torch.Tensor:
+    """The appearance change a phrase names, on (B, C, H, W) images in [-1, 1] (result clipped to [-1, 1])."""
+    if phrase in ("enhanced contrast", "low contrast"):
+        mean = image.mean(dim=(-2, -1), keepdim=True)
+        out = mean + (1.3 if phrase == "enhanced contrast" else 0.7) * (image - mean)
+    elif phrase in ("high brightness", "low brightness"):
+        gamma = 0.7 if phrase == "high brightness" else 1.5
+        out = ((image + 1) / 2).clamp(0, 1) ** gamma * 2 - 1
+    elif phrase == "low resolution":
+        small = torch.nn.functional.avg_pool2d(image, 2, ceil_mode=True)
+        out = torch.nn.functional.interpolate(small, size=image.shape[-2:], mode="bilinear", align_corners=False)
+    else:
+        raise InputError(f"unknown augmentation phrase {phrase!r}; choose one of {', '.join(AUGMENTATION_PHRASES)}.")
+    return out.clamp(-1, 1)
+
+
+def build_prompt(modality: str, organ: str, category: str, phrases: Sequence[str] = ()) -> str:
+    """ "US, breast, benign" (+ ", enhanced contrast", ...): the paper's triplet plus augmentation phrases."""
+    parts = [modality, organ, category, *phrases]
+    if any(not isinstance(p, str) or not p.strip() for p in parts[:3]):
+        raise InputError(f"a prompt needs a modality, an organ and a category, got {parts[:3]!r}.")
+    return ", ".join(p.strip() for p in parts)
+
+
+def _words(prompt: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", prompt.lower())
+
+
+class PromptTokenizer:
+    """Word-level tokens over a fixed vocabulary (index 0 = padding, 1 = unknown), padded to ``max_length``."""
+
+    def __init__(self, vocabulary: Iterable[str], max_length: int = 16) -> None:
+        words = sorted({w for entry in vocabulary for w in _words(entry)})
+        self.vocabulary = [PAD, UNKNOWN, *words]
+        self.index = {w: i for i, w in enumerate(self.vocabulary)}
+        if max_length < 1:
+            raise InputError(f"'max_length' must be >= 1, got {max_length}.")
+        self.max_length = int(max_length)
+
+    @classmethod
+    def for_prompts(cls, prompts: Iterable[str], max_length: int = 16) -> PromptTokenizer:
+        """A vocabulary of every word in ``prompts`` and in the augmentation phrases."""
+        return cls([*prompts, *AUGMENTATION_PHRASES], max_length)
+
+    def __len__(self) -> int:
+        return len(self.vocabulary)
+
+    def __call__(self, prompts: str | Sequence[str]) -> torch.Tensor:
+        """(B, max_length) long token ids; a prompt longer than ``max_length`` words is an error, not truncated."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        out = torch.zeros(len(prompts), self.max_length, dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids = [self.index.get(w, 1) for w in _words(prompt)]
+            if len(ids) > self.max_length:
+                raise InputError(f"prompt {prompt!r} has {len(ids)} words; the tokenizer takes {self.max_length}.")
+            out[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return out
+
+
+class LearnedTextEncoder(nn.Module):
+    """Token ids (B, L) -> context (B, L, dim) for the U-Net's cross-attention; trained from scratch."""
+
+    def __init__(self, vocab_size: int, dim: int = 64, max_length: int = 16, num_layers: int = 1, heads: int = 4):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, dim, padding_idx=0)
+        self.position = nn.Parameter(torch.zeros(1, max_length, dim))
+        nn.init.normal_(self.position, std=0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = torch.as_tensor(tokens).long()
+        if tokens.ndim != 2 or tokens.shape[1] > self.position.shape[1]:
+            raise ValueError(f"tokens must be (B, <= {self.position.shape[1]}), got {tuple(tokens.shape)}.")
+        x = self.embedding(tokens) + self.position[:, : tokens.shape[1]]
+        padding = tokens == 0
+        padding[:, 0] = False  # an all-padding prompt still attends to its first slot
+        return self.norm(self.encoder(x, src_key_padding_mask=padding))
