@@ -13,6 +13,7 @@ __all__ = [
     "augmentations",
     "checkpoints",
     "data",
+    "diffboost",
     "edges",
     "errors",
     "filtering",

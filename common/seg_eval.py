@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from ignite.engine import Events
 from monai.data import Dataset, partition_dataset
-from monai.engines import SupervisedTrainer
+from monai.engines import SupervisedTrainer, default_prepare_batch
 from monai.inferers import SimpleInferer
 from monai.losses import DiceCELoss
 from monai.metrics import ConfusionMatrixMetric, DiceMetric, HausdorffDistanceMetric, MeanIoU, SurfaceDistanceMetric
@@ -53,7 +53,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from common.augmentations import AUGMENTATIONS, conventional_augmentation
 from common.data import load_dataset, subset_indices
+from common.diffboost import load_versions
 from common.errors import InputError
+from common.patch_mixing import MIX_MODES, PatchMixInferer, PatchMixPrepareBatch
 from common.training import iteration_loader, training_items
 from common.writers import atomic_path, atomic_write_bytes
 
@@ -108,7 +110,7 @@ DEFAULTS: dict[str, Any] = {
 }
 METRICS = ("dice", "iou", "precision", "recall", "hd95", "assd")
 _DISTANCES = ("hd95", "assd")
-_CONDITION_KEYS = {"real", "synthetic", "augment", "max_synthetic"}
+_CONDITION_KEYS = {"real", "synthetic", "augment", "max_synthetic", "patch_mix"}
 _REAL_KEYS = {"dataset_dir", "datalist", "mask_dir", "slice_axis", "skip_empty_slices", "intensity_window", "split"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -263,6 +265,23 @@ def augmentation() -> list[Callable]:
     ]
 
 
+def _check_patch_mix(spec: Any, where: str) -> dict[str, Any]:
+    """``{"alpha": [0, 1], "patch_size": int >= 1, "mode": "image" | "logits"}`` with the paper's defaults filled in."""
+    if not isinstance(spec, Mapping):
+        raise InputError(f"'{where}' must be a mapping with 'alpha', 'patch_size', 'mode'.")
+    unknown = sorted(set(spec) - {"alpha", "patch_size", "mode", "folder"})
+    if unknown:
+        raise InputError(f"'{where}' has unknown key '{unknown[0]}' (allowed: alpha, folder, mode, patch_size).")
+    mix = {"alpha": 0.6, "patch_size": 16, "mode": "image", **{k: v for k, v in spec.items() if k != "folder"}}
+    alpha = mix["alpha"]
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+        raise InputError(f"'{where}.alpha' must be a number in [0, 1], got {alpha!r}.")
+    _positive_int(f"{where}.patch_size", mix["patch_size"])
+    if mix["mode"] not in MIX_MODES:
+        raise InputError(f"'{where}.mode' must be one of {', '.join(MIX_MODES)}, got {mix['mode']!r}.")
+    return mix
+
+
 def _augmentation_name(augment: bool | str) -> str:
     return "augmentation" if augment is True else f"{augment} augmentation"
 
@@ -296,8 +315,13 @@ def train_segmenter(
     device: str | torch.device = "cpu",
     handlers: Sequence[Any] = (),
     log_every: int = 250,
+    patch_mix: Mapping[str, Any] | None = None,
 ) -> dict[str, float]:
     """Train ``model`` in place for exactly ``iterations`` Adam steps of DiceCE on batches drawn with replacement.
+
+    ``patch_mix`` (``{"alpha", "patch_size", "mode"}``) trains DiffBoost-style (:mod:`common.patch_mixing`): every pair
+    then carries ``"synthetic"``, its (n, 1, H, W) generated versions, and each step mixes one of them into the real
+    image patch-wise (or mixes the logits, ``mode="logits"``); not combined with ``augment``.
 
     A MONAI ``SupervisedTrainer`` runs one "epoch" of ``iterations`` batches from :func:`common.training.
     iteration_loader`, so the step count does not depend on the dataset size (16 or 1000 pairs get the same budget)
@@ -311,7 +335,21 @@ def train_segmenter(
             raise InputError(f"'{key}' must be a positive integer, got {value!r}.")
     device = torch.device(device)
     model = model.to(device).train()
-    loader = iteration_loader(_training_dataset(pairs, augment, seed), batch_size, int(iterations), seed=seed)
+    prepare_batch: Any = default_prepare_batch
+    inferer: Any = SimpleInferer()
+    if patch_mix:
+        if augment:
+            raise InputError("'patch_mix' and 'augment' cannot be combined in one segmenter run.")
+        mix = _check_patch_mix(patch_mix, "patch_mix")
+        missing = [p.get("name", "?") for p in pairs if "synthetic" not in p]
+        if missing:
+            raise InputError(f"patch mixing needs the synthetic versions of every pair; '{missing[0]}' has none.")
+        dataset = Dataset(data=training_items(pairs, extra_keys=("synthetic",)))
+        prepare_batch = PatchMixPrepareBatch(mix["alpha"], mix["patch_size"], seed=seed)
+        inferer = PatchMixInferer(mix["mode"])
+    else:
+        dataset = _training_dataset(pairs, augment, seed)
+    loader = iteration_loader(dataset, batch_size, int(iterations), seed=seed)
     trainer = SupervisedTrainer(
         device=device,
         max_epochs=1,
@@ -319,7 +357,8 @@ def train_segmenter(
         network=model,
         optimizer=torch.optim.Adam(model.parameters(), lr=lr),
         loss_function=DiceCELoss(to_onehot_y=True, softmax=True),
-        inferer=SimpleInferer(),
+        prepare_batch=prepare_batch,
+        inferer=inferer,
         train_handlers=list(handlers),
         amp=False,
         decollate=False,
@@ -575,6 +614,19 @@ def load_synthetic(folder: str | os.PathLike, image_size: int | Sequence[int], n
     return load_dataset(dataset_dir=folder, split=None, image_size=image_size, num_classes=num_classes)
 
 
+def _with_versions(pairs: Sequence[Mapping[str, Any]], versions: Mapping[str, np.ndarray]) -> list[dict]:
+    """Real training pairs with their DiffBoost versions attached as ``"synthetic"`` (matched by name)."""
+    missing = [p["name"] for p in pairs if p["name"] not in versions]
+    if missing:
+        raise InputError(
+            f"{len(missing)} real training pair(s) have no synthetic versions (first: '{missing[0]}'); generate "
+            "them from the same training pairs."
+        )
+    return [
+        {"image": p["image"], "label": p["label"], "name": p["name"], "synthetic": versions[p["name"]]} for p in pairs
+    ]
+
+
 def merge_training_pairs(
     real: Sequence[Mapping[str, Any]],
     synthetic: Sequence[Sequence[Mapping[str, Any]]],
@@ -658,7 +710,25 @@ def _check_conditions(conditions: Any, folds: int | None) -> dict[str, dict[str,
             "augment": spec.get("augment", False),
             "max_synthetic": max_synthetic,
         }
+        if spec.get("patch_mix") is not None:  # only when given, so earlier run files keep matching their settings
+            checked[name]["patch_mix"] = _check_condition_patch_mix(name, spec, folds)
     return checked
+
+
+def _check_condition_patch_mix(name: str, spec: Mapping[str, Any], folds: int | None) -> dict[str, Any]:
+    mix = _check_patch_mix(spec["patch_mix"], f"{name}.patch_mix")
+    folder = spec["patch_mix"].get("folder")
+    if not isinstance(folder, (str, os.PathLike)):
+        raise InputError(f"condition '{name}' key 'patch_mix' needs a 'folder' of DiffBoost versions (sources.json).")
+    folder = os.fspath(folder)
+    if "{fold}" in folder and folds is None:
+        raise InputError(f"patch_mix folder '{folder}' of condition '{name}' has '{{fold}}' but 'folds' is None.")
+    for each in [folder.format(fold=f) for f in range(folds)] if "{fold}" in folder else [folder]:
+        if not os.path.isfile(os.path.join(each, "sources.json")):
+            raise InputError(f"patch_mix folder '{each}' of condition '{name}' has no sources.json.")
+    if spec.get("augment") or spec.get("synthetic") or not spec.get("real", True):
+        raise InputError(f"condition '{name}': 'patch_mix' trains on the real pairs alone (no augment, no synthetic).")
+    return {**mix, "folder": folder if "{fold}" in folder else str(Path(folder).resolve())}
 
 
 def _check_real(real: Any, folds: int | None) -> dict[str, Any]:
@@ -823,6 +893,15 @@ def run_segmentation_evaluation(
                 if folder not in synthetic_cache:
                     synthetic_cache[folder] = load_synthetic(folder, image_size, num_classes)
 
+    versions_cache: dict[str, dict[str, np.ndarray]] = {}
+    for spec in conditions.values():
+        if spec.get("patch_mix"):
+            for fold, train_real, _ in splits:
+                folder = folder_of(spec["patch_mix"]["folder"], fold)
+                if folder not in versions_cache:
+                    versions_cache[folder] = load_versions(folder, num_classes)
+                _with_versions(train_real, versions_cache[folder])  # fails now, not hours in, if one is missing
+
     common_settings = {
         "real": real,
         "train_split": train_split if folds is None else None,
@@ -877,6 +956,8 @@ def run_segmentation_evaluation(
             continue
         synthetic = [synthetic_cache[folder_of(entry, fold)] for entry in spec["synthetic"]]
         pool = merge_training_pairs(train_real, synthetic, spec["real"], spec["max_synthetic"], subset_seed)
+        if spec.get("patch_mix"):
+            pool = _with_versions(train_real, versions_cache[folder_of(spec["patch_mix"]["folder"], fold)])
         n_real = len(train_real) if spec["real"] else 0
         logger.info(
             "run %s: training %s for %d iterations on %d pairs (%d real, %d synthetic)%s.",
@@ -890,7 +971,9 @@ def run_segmentation_evaluation(
         )
         torch.manual_seed(seed)
         model = build_segmenter(network, num_classes, image_size, network_kwargs=network_kwargs)
-        history = train_segmenter(model, pool, iterations, batch_size, lr, spec["augment"], seed, device)
+        history = train_segmenter(
+            model, pool, iterations, batch_size, lr, spec["augment"], seed, device, patch_mix=spec.get("patch_mix")
+        )
         per_image = evaluate_segmenter(model, test_real, num_classes, eval_batch_size, device)
         metrics = summarise_images(per_image, num_classes)
         if save_models:
@@ -1027,6 +1110,12 @@ def write_markdown(path: str | os.PathLike, results: Mapping[str, Any]) -> None:
     for name, spec in protocol["conditions"].items():
         augment = spec["augment"]
         parts = ["real" if spec["real"] else "no real"] + ([_augmentation_name(augment)] if augment else [])
+        if spec.get("patch_mix"):
+            mix = spec["patch_mix"]
+            parts.append(
+                f"DiffBoost patch mixing ({mix['mode']}, alpha {mix['alpha']}, patch {mix['patch_size']}) with "
+                f"`{mix['folder']}`"
+            )
         parts += [
             f"synthetic `{s}`" + (f" (≤ {spec['max_synthetic']})" if spec["max_synthetic"] else "")
             for s in spec["synthetic"]

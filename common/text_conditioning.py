@@ -23,6 +23,7 @@ __all__ = [
     "AUGMENTATION_PHRASES",
     "apply_phrase",
     "build_prompt",
+    "attach_prompts",
     "PromptTokenizer",
     "LearnedTextEncoder",
 ]
@@ -61,6 +62,39 @@ def build_prompt(modality: str, organ: str, category: str, phrases: Sequence[str
     if any(not isinstance(p, str) or not p.strip() for p in parts[:3]):
         raise InputError(f"a prompt needs a modality, an organ and a category, got {parts[:3]!r}.")
     return ", ".join(p.strip() for p in parts)
+
+
+def attach_prompts(
+    pairs: Sequence[dict],
+    modality: str,
+    organ: str,
+    category: str | None = None,
+    categories_csv: str | None = None,
+    file_column: str = "file",
+    category_column: str = "cls",
+) -> list[dict]:
+    """Copies of ``pairs`` with a ``prompt``: the category is ``category`` or, per image, the ``category_column`` of
+    ``categories_csv`` on the row whose ``file_column`` names the image (BUSI's index.csv: ``file``, ``cls``)."""
+    import csv
+    import os
+
+    lookup: dict[str, str] = {}
+    if categories_csv is not None:
+        if not os.path.isfile(categories_csv):
+            raise InputError(f"'categories_csv' {categories_csv!r} does not exist.")
+        with open(categories_csv, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        if rows and (file_column not in rows[0] or category_column not in rows[0]):
+            raise InputError(f"'{categories_csv}' lacks the columns '{file_column}' and '{category_column}'.")
+        lookup = {os.path.splitext(os.path.basename(r[file_column]))[0]: r[category_column] for r in rows}
+    out = []
+    for pair in pairs:
+        stem = os.path.splitext(os.path.basename(str(pair.get("source") or pair.get("name", ""))))[0]
+        found = lookup.get(stem, lookup.get(str(pair.get("name")), category))
+        if found is None:
+            raise InputError(f"no category for image '{pair.get('name', stem)}' in '{categories_csv}' and no default.")
+        out.append({**pair, "prompt": build_prompt(modality, organ, found)})
+    return out
 
 
 def _words(prompt: str) -> list[str]:

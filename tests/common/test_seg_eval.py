@@ -400,3 +400,74 @@ def test_bundle_end_to_end(data, tmp_path):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr[-3000:]
     assert bad.stderr.strip().splitlines()[-1].startswith("error: 'network' must be one of")
     assert not (tmp_path / "bad").exists()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# DiffBoost patch mixing
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def write_versions(folder: Path, pairs: list[dict], n: int = 2, missing: str | None = None) -> Path:
+    """A DiffBoost-style folder: n noisy copies of each real image, indexed by name in sources.json."""
+    writer = PairWriter(folder)
+    rng = np.random.RandomState(0)
+    versions = {}
+    for i, pair in enumerate(p for p in pairs if p["name"] != missing):
+        versions[pair["name"]] = [i * n + k for k in range(n)]
+        for k in range(n):
+            noisy = np.clip(pair["image"] + rng.normal(0, 0.2, pair["image"].shape), -1, 1).astype(np.float32)
+            writer.write(i * n + k, noisy, pair["label"])
+    (folder / "sources.json").write_text(json.dumps({"samples_per_image": n, "versions": versions}))
+    return folder
+
+
+def test_patch_mixing_with_alpha_one_is_real_only_training(data):
+    pairs = load_dataset(data["real"], split="train", image_size=32)
+    versions = [np.stack([p["image"] + 0.5, p["image"] - 0.5]) for p in pairs]
+    mixed = [{**p, "synthetic": v} for p, v in zip(pairs, versions)]
+    states = []
+    for pool, mix in ((pairs, None), (mixed, {"alpha": 1.0, "patch_size": 8}), (mixed, {"alpha": 0.0})):
+        torch.manual_seed(0)
+        model = seg_eval.build_segmenter("unet", 2, 32, network_kwargs=TINY_NET)
+        seg_eval.train_segmenter(model, pool, iterations=3, batch_size=4, seed=0, patch_mix=mix)
+        states.append(model.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])  # alpha = 1: only real patches
+    assert any(not torch.equal(states[0][k], states[2][k]) for k in states[0])  # alpha = 0: only synthetic ones
+    with pytest.raises(InputError, match="'patch_mix' and 'augment' cannot be combined"):
+        seg_eval.train_segmenter(model, mixed, iterations=1, augment=True, patch_mix={"alpha": 0.5})
+    with pytest.raises(InputError, match="synthetic versions of every pair; '.*' has none"):
+        seg_eval.train_segmenter(model, pairs, iterations=1, patch_mix={"alpha": 0.5})
+
+
+def test_a_diffboost_condition_runs_in_the_workflow_and_is_described(data, tmp_path):
+    train = load_dataset(data["real"], split="train", image_size=32)
+    folder = write_versions(tmp_path / "versions", train)
+    out = tmp_path / "out"
+    mix = {"folder": str(folder), "alpha": 0.5, "patch_size": 8, "mode": "logits"}
+    results = seg_eval.run_segmentation_evaluation(
+        real={"dataset_dir": data["real"]},
+        conditions={"real": {}, "diffboost": {"patch_mix": mix}},
+        seeds=[0],
+        output_dir=out,
+        **FAST,
+    )
+    assert list(results["aggregate"]) == ["real", "diffboost"]
+    assert "DiffBoost patch mixing (logits, alpha 0.5, patch 8)" in (out / "results.md").read_text()
+    broken = write_versions(tmp_path / "broken", train, missing=train[0]["name"])
+    with pytest.raises(InputError, match=f"have no synthetic versions \\(first: '{train[0]['name']}'\\)"):
+        seg_eval.run_segmentation_evaluation(
+            real={"dataset_dir": data["real"]},
+            conditions={"diffboost": {"patch_mix": {**mix, "folder": str(broken)}}},
+            seeds=[0],
+            output_dir=tmp_path / "out2",
+            **FAST,
+        )
+    assert not (tmp_path / "out2").exists()
+    with pytest.raises(InputError, match="'patch_mix' trains on the real pairs alone"):
+        seg_eval.run_segmentation_evaluation(
+            real={"dataset_dir": data["real"]},
+            conditions={"x": {"patch_mix": mix, "augment": True}},
+            seeds=[0],
+            output_dir=tmp_path / "out3",
+            **FAST,
+        )

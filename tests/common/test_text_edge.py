@@ -120,3 +120,19 @@ def test_prepare_batch_edges_tokens_and_phrases():
     assert ((phrased["tokens"] > 0).sum(1) == 5).all() and torch.equal(phrased["edges"], kwargs["edges"])
     with pytest.raises(InputError, match="'edge_source'"):
         TextEdgePrepareBatch(scheduler, tokenizer, "hed")
+
+
+def test_attach_prompts_reads_categories_per_image(tmp_path):
+    from common.text_conditioning import attach_prompts
+
+    csv_path = tmp_path / "index.csv"
+    csv_path.write_text("file,cls\nbenign_001.png,benign\nnormal_002.png,normal\n")
+    pairs = [{"name": "benign_001", "source": "/x/images/benign_001.png"}, {"name": "normal_002", "source": None}]
+    out = attach_prompts(pairs, "US", "breast", categories_csv=str(csv_path))
+    assert [p["prompt"] for p in out] == ["US, breast, benign", "US, breast, normal"] and "prompt" not in pairs[0]
+    fixed = attach_prompts(pairs, "X-ray", "chest", category="lungs")
+    assert {p["prompt"] for p in fixed} == {"X-ray, chest, lungs"}
+    with pytest.raises(InputError, match="no category for image 'other'"):
+        attach_prompts([{"name": "other"}], "US", "breast", categories_csv=str(csv_path))
+    with pytest.raises(InputError, match="lacks the columns 'file' and 'category'"):
+        attach_prompts(pairs, "US", "breast", categories_csv=str(csv_path), category_column="category")

@@ -1,0 +1,86 @@
+"""DiffBoost generation: which prompt and mask each version gets, the folder index, and reading versions back."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from common.diffboost import TextEdgeSampler, generate_versions, load_versions
+from common.edges import mask_edges
+from common.errors import InputError
+from common.schedulers import build_scheduler
+from common.text_conditioning import PromptTokenizer
+
+
+def pairs(count: int = 3, size: int = 16) -> list[dict]:
+    out = []
+    for i in range(count):
+        label = np.zeros((1, size, size), np.int64)
+        label[0, 2 + i : 8 + i, 3:9] = 1
+        out.append(
+            {
+                "name": f"img{i}",
+                "image": np.zeros((1, size, size), np.float32),
+                "label": label,
+                "prompt": f"US, breast, {'benign' if i % 2 else 'malignant'}",
+            }
+        )
+    return out
+
+
+class Recorder(torch.nn.Module):
+    """Records what the sampler asks for; predicts zero noise."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.calls = []
+
+    def forward(self, x_t, t, tokens, edges, conditioning_scale=1.0):
+        self.calls.append((tokens.clone(), edges.clone()))
+        return torch.zeros_like(x_t) + self.weight
+
+
+def test_sampler_gives_each_version_its_prompt_phrase_and_mask_edges():
+    real = pairs()
+    tokenizer = PromptTokenizer.for_prompts([p["prompt"] for p in real])
+    sampler = TextEdgeSampler(
+        real,
+        tokenizer,
+        build_scheduler("ddim", num_train_timesteps=20),
+        2,
+        samples_per_image=3,
+        phrases=["enhanced contrast", "low resolution"],
+    )
+    assert [sampler.prompt(j) for j in range(3)] == [
+        "US, breast, malignant",
+        "US, breast, malignant, enhanced contrast",
+        "US, breast, malignant, low resolution",
+    ]
+    model = Recorder()
+    masks, images = sampler(model, None, torch.randn(2, 1, 16, 16), indices=[1, 5])  # img0 v1, img1 v2
+    tokens, edges = model.calls[0]
+    assert torch.equal(tokens, tokenizer([sampler.prompt(1), sampler.prompt(5)]))
+    labels = torch.as_tensor(np.stack([real[0]["label"], real[1]["label"]]))
+    assert torch.equal(edges, mask_edges(labels))
+    assert torch.equal((masks > 0).long(), labels) and images.shape == (2, 1, 16, 16)
+    with pytest.raises(InputError, match="pair 'x' has no 'prompt'"):
+        TextEdgeSampler([{"name": "x", "label": real[0]["label"]}], tokenizer, None)
+
+
+def test_generated_folder_indexes_versions_by_real_name(tmp_path):
+    real = pairs()
+    tokenizer = PromptTokenizer.for_prompts([p["prompt"] for p in real])
+    sampler = TextEdgeSampler(real, tokenizer, build_scheduler("ddim", num_train_timesteps=20), 2, samples_per_image=2)
+    out = tmp_path / "gen"
+    generate_versions(Recorder(), sampler, real, str(out), image_size=16, batch_size=4, seed=0)
+    sources = json.loads((out / "sources.json").read_text())
+    assert sources["versions"] == {"img0": [0, 1], "img1": [2, 3], "img2": [4, 5]}
+    assert len(json.loads((out / "datalist.json").read_text())["training"]) == 6
+    versions = load_versions(str(out))
+    assert set(versions) == {"img0", "img1", "img2"} and versions["img1"].shape == (2, 1, 16, 16)
+    with pytest.raises(InputError, match="no sources.json"):
+        load_versions(str(tmp_path))
