@@ -1,0 +1,85 @@
+"""The DiffBoost configs agree on the generator, so weights move from pretraining to fine-tuning to generation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from tests.shared_data import REPO
+
+CONFIGS = REPO / "bundles" / "diffboost" / "configs"
+GENERATOR_KEYS = (
+    "image_size",
+    "prompt_vocabulary",
+    "max_prompt_length",
+    "num_train_timesteps",
+    "beta_start",
+    "beta_end",
+    "prediction_type",
+    "channels",
+    "attention_levels",
+    "num_res_blocks",
+    "num_head_channels",
+    "norm_num_groups",
+    "text_dim",
+    "edge_embedding_channels",
+    "tokenizer",
+    "network_def",
+)
+
+
+def parser(*names: str) -> ConfigParser:
+    p = ConfigParser()
+    p.read_config([str(CONFIGS / n) for n in names])
+    return p
+
+
+def test_training_and_generation_build_the_same_generator():
+    train, generate = parser("train.json"), parser("generate.json")
+    for key in GENERATOR_KEYS:
+        assert train.config[key] == generate.config[key], key
+    a, b = train.get_parsed_content("network_def"), generate.get_parsed_content("network_def")
+    assert a.state_dict().keys() == b.state_dict().keys()
+
+
+def test_stage_overlays_set_edges_sources_and_weights():
+    pretrain = parser("train.json", "pretrain.json")
+    assert pretrain["edge_source"] == "image" and pretrain["stage"] == "pretrain"
+    assert [s.get("modality") for s in pretrain["sources"]] == ["US", "X-ray", "CT"]
+    assert pretrain["split"] == "train"  # never val or test images
+    finetune = parser("train.json", "busi.json")
+    weights = finetune.get_parsed_content("pretrained_weights")
+    assert finetune["edge_source"] == "mask" and weights.endswith("pretrain/model.pt")
+    assert parser("generate.json", "busi.json").get_parsed_content("ckpt_path").endswith("finetune/model.pt")
+
+
+def test_evaluation_has_every_table_ii_row():
+    conditions = parser("evaluate.json", "busi.json").get_parsed_content("conditions")
+    assert list(conditions) == [
+        "baseline",
+        "RandomContrast",
+        "RandomGamma",
+        "RandomBrightness",
+        "RandomNoise",
+        "RandomResolution",
+        "RandomMirror",
+        "RandomRotate",
+        "RandomScale",
+        "DeepStack",
+        "DiffBoost",
+    ]
+    assert conditions["DiffBoost"]["patch_mix"]["alpha"] == pytest.approx(0.6)
+
+
+def test_one_generator_training_step_moves_the_weights():
+    p = parser("train.json")
+    p["num_synthetic"] = 4
+    p["batch_size"] = 2
+    trainer = p.get_parsed_content("train#trainer")
+    batch = next(iter(p.get_parsed_content("train#dataloader")))
+    x_t, target, args, kwargs = trainer.prepare_batch(batch)
+    network = p.get_parsed_content("network")
+    loss = trainer.loss_function(network(x_t, *args, **kwargs), target)
+    loss.backward()
+    assert torch.isfinite(loss) and any(q.grad is not None and q.grad.abs().sum() > 0 for q in network.parameters())
