@@ -24,9 +24,92 @@ from common.text_conditioning import AUGMENTATION_PHRASES
 from common.transforms import encode_mask
 from common.writers import PairWriter, atomic_write_bytes
 
-__all__ = ["TextEdgeSampler", "generate_versions", "load_versions"]
+__all__ = ["DEFAULT_VOCABULARY", "load_prompted_sources", "TextEdgeSampler", "generate_versions", "load_versions"]
+
+# every word the bundle's datasets and phrases use; one fixed vocabulary keeps the text encoder's shape the same from
+# pretraining to fine-tuning to generation (extend it for new datasets before pretraining)
+DEFAULT_VOCABULARY = (
+    "US, breast, benign, malignant, normal",
+    "X-ray, chest, lungs",
+    "CT, abdomen, organs, normal",
+    "MR, prostate, normal",
+    "synthetic, phantom, disc",
+)
+
+_SOURCE_KEYS = {
+    "dataset_dir",
+    "datalist",
+    "image_path",
+    "label_path",
+    "modality",
+    "organ",
+    "category",
+    "categories_csv",
+    "max_pairs",
+    "intensity_window",
+}
 
 SOURCES = "sources.json"
+
+
+def load_prompted_sources(
+    sources: Sequence[Mapping[str, Any]] | None,
+    split: str = "train",
+    image_size: int = 64,
+    seed: int = 0,
+    num_synthetic: int = 32,
+) -> list[dict]:
+    """Pairs with prompts from one or several datasets (DiffBoost pools its pretraining set), binary masks.
+
+    Each source is ``{"dataset_dir" | "datalist" | "image_path" + "label_path", "modality", "organ", "category" or
+    "categories_csv", optional "max_pairs", "intensity_window"}``; a volume (``image_path``) contributes its
+    ``split`` slab. Labels are binarised (any class -> 1): DiffBoost's tasks are binary. ``sources`` None or empty:
+    the embedded synthetic discs ("synthetic, phantom, disc").
+    """
+    from common.data import load_dataset, load_volume_slices
+    from common.text_conditioning import attach_prompts
+
+    if not sources:
+        pairs = load_dataset(split=split, image_size=image_size, num_synthetic=num_synthetic, seed=seed)
+        return attach_prompts(pairs, "synthetic", "phantom", category="disc")
+    out: list[dict] = []
+    for number, source in enumerate(sources):
+        unknown = sorted(set(source) - _SOURCE_KEYS)
+        if unknown:
+            raise InputError(
+                f"source {number} has unknown key '{unknown[0]}' (allowed: {', '.join(sorted(_SOURCE_KEYS))})."
+            )
+        for key in ("modality", "organ"):
+            if not source.get(key):
+                raise InputError(f"source {number} needs '{key}' for its prompts.")
+        if source.get("image_path"):
+            window = source.get("intensity_window")
+            pairs = load_volume_slices(
+                source["image_path"],
+                source.get("label_path"),
+                split=split,
+                image_size=image_size,
+                num_classes=256,
+                intensity_window=tuple(window) if window else None,
+            )
+        else:
+            pairs = load_dataset(
+                dataset_dir=source.get("dataset_dir"),
+                datalist=source.get("datalist"),
+                split=split,
+                image_size=image_size,
+                max_pairs=source.get("max_pairs"),
+                seed=seed,
+            )
+        pairs = [{**p, "label": (np.asarray(p["label"]) > 0).astype(np.int64)} for p in pairs]
+        out += attach_prompts(
+            pairs,
+            source["modality"],
+            source["organ"],
+            category=source.get("category"),
+            categories_csv=source.get("categories_csv"),
+        )
+    return out
 
 
 class TextEdgeSampler:

@@ -31,7 +31,13 @@ from common.metrics import alignment_dice, compute_fid, paired_image_metrics
 from common.seg_eval import build_segmenter, load_segmenter, save_segmenter, train_segmenter
 from common.writers import PairWriter, atomic_write_bytes
 
-__all__ = ["evaluate_semantic_synthesis", "organ_segmenter", "save_comparison_figure"]
+__all__ = [
+    "evaluate_semantic_synthesis",
+    "organ_segmenter",
+    "TotalSegmentatorSegmenter",
+    "volume_affine",
+    "save_comparison_figure",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +70,94 @@ def organ_segmenter(
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     save_segmenter(model, path, "unet", organ_classes, image_size)
     return model.eval()
+
+
+def volume_affine(affines: Sequence[Any]) -> np.ndarray:
+    """The 4x4 affine of slices stacked as (rows, cols, slice) from their 2D slice affines (``common.data`` pairs).
+
+    The slices must be one evenly spaced run (a slab or a whole series), else the stack is not a volume.
+    """
+    stack = [np.asarray(a, dtype=np.float64) for a in affines if a is not None]
+    if len(stack) < 2 or len(stack) != len(affines):
+        raise InputError("TotalSegmentator needs at least two slices that all carry an affine (volumes, not 2D files).")
+    steps = np.diff(np.stack([a[:3, 3] for a in stack]), axis=0)
+    if not np.allclose(steps, steps[0], atol=1e-3):
+        raise InputError("the slices are not one contiguous, evenly spaced run; TotalSegmentator needs a volume.")
+    affine = np.eye(4)
+    affine[:3, :2] = stack[0][:3, :2]
+    affine[:3, 2] = steps[0]
+    affine[:3, 3] = stack[0][:3, 3]
+    return affine
+
+
+class TotalSegmentatorSegmenter:
+    """The paper's organ segmenter, when a user has TotalSegmentator and its weights installed (never required).
+
+    Called like any segmenter of :func:`common.metrics.alignment_dice`, but on all slices at once
+    (``whole_volume``): the windowed slices go back to HU (``level + x * width / 2``; values outside the window are
+    lost, as in the synthetic images), are stacked into one NIfTI volume with ``volume_affine(affines)``, segmented
+    by TotalSegmentator's "total" task (restricted to the named organs), and its labels are mapped to this dataset's
+    classes by name (``class_names``: index -> TotalSegmentator name, e.g. ct_abdomen/classmap.json). Returns one-hot
+    logits (B, organ_classes, H, W).
+    """
+
+    whole_volume = True
+
+    def __init__(
+        self,
+        affines: Sequence[Any],
+        class_names: Mapping[str, str],
+        intensity_window: Sequence[float] = (40, 400),
+        device: str = "cpu",
+        fast: bool = False,
+    ) -> None:
+        try:
+            from totalsegmentator.map_to_binary import class_map
+            from totalsegmentator.python_api import totalsegmentator
+        except ImportError as exc:
+            raise InputError(
+                "TotalSegmentator is not installed (pip install TotalSegmentator and put its weights where it looks, "
+                "TOTALSEG_HOME_DIR); the default organ segmenter needs neither."
+            ) from exc
+        self._run = totalsegmentator
+        ids = {name: int(i) for i, name in class_map["total"].items()}
+        self.mapping: dict[int, int] = {}
+        for index, name in class_names.items():
+            if int(index) == 0:
+                continue
+            if name not in ids:
+                raise InputError(f"class {index} '{name}' is not a TotalSegmentator 'total' class; rename it.")
+            self.mapping[ids[name]] = int(index)
+        if not self.mapping:
+            raise InputError("'class_names' names no organ for TotalSegmentator.")
+        self.organ_classes = max(self.mapping.values()) + 1
+        self.roi_subset = sorted(name for index, name in class_names.items() if int(index) > 0)
+        self.affine = volume_affine(affines)
+        self.level, self.width = (float(v) for v in intensity_window)
+        self.device = "gpu" if str(device).startswith("cuda") else "cpu"
+        self.fast = fast
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        import nibabel as nib
+
+        hu = self.level + images[:, 0].detach().cpu().numpy().astype(np.float32) * self.width / 2
+        volume = nib.Nifti1Image(np.ascontiguousarray(np.transpose(hu, (1, 2, 0))), self.affine)
+        segmentation = self._run(
+            volume,
+            None,
+            ml=True,
+            task="total",
+            roi_subset=self.roi_subset,
+            device=self.device,
+            fast=self.fast,
+            quiet=True,
+        )
+        found = np.asarray(segmentation.dataobj).astype(np.int64)
+        ours = np.zeros_like(found)
+        for source, target in self.mapping.items():
+            ours[found == source] = target
+        labels = torch.as_tensor(np.transpose(ours, (2, 0, 1)))
+        return torch.nn.functional.one_hot(labels, self.organ_classes).permute(0, 3, 1, 2).float()
 
 
 def _read_method(folder: str, count: int, num_classes: int) -> np.ndarray:
@@ -109,7 +203,8 @@ def evaluate_semantic_synthesis(
     results: dict[str, Any] = {"slices": len(real_pairs), "organ_classes": organ_classes, "note": note, "methods": {}}
 
     def organ_dice(images: np.ndarray) -> dict[str, Any]:
-        scores = alignment_dice(segmenter, images, organs, num_classes=organ_classes)
+        batch = len(images) if getattr(segmenter, "whole_volume", False) else 16
+        scores = alignment_dice(segmenter, images, organs, num_classes=organ_classes, batch_size=batch)
         per_organ = {}
         for c in range(1, organ_classes):
             value = scores.get(f"dice_mean_class{c}")

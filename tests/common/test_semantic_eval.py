@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from common.errors import InputError
-from common.semantic_eval import evaluate_semantic_synthesis, markdown_table
+from common.semantic_eval import evaluate_semantic_synthesis, markdown_table, volume_affine
 from common.writers import PairWriter
 
 ORGANS = 3  # background + 2 organs; the body class is 3
@@ -87,3 +87,77 @@ def test_markdown_table_dashes_missing_values():
         "methods": {"m": {"fid": None, "psnr": 12.345, "ssim": float("nan"), "dice": {"mean": 0.5, "per_organ": {}}}},
     }
     assert "| m | - | 12.35 | - | 0.500 |" in markdown_table(results)
+
+
+# ------------------------------------------------------------------------------------------------ TotalSegmentator
+
+
+def slice_affines(count: int, step: float = 3.0) -> list[np.ndarray]:
+    out = []
+    for k in range(count):
+        a = np.diag([1.5, 1.5, 1.0, 1.0])
+        a[:3, 3] = [10.0, 20.0, 30.0 + step * k]
+        out.append(a)
+    return out
+
+
+def test_volume_affine_stacks_an_evenly_spaced_run():
+    affine = volume_affine(slice_affines(4))
+    np.testing.assert_allclose(affine[:3, 2], [0, 0, 3.0])
+    np.testing.assert_allclose(affine[:3, 3], [10, 20, 30])
+    np.testing.assert_allclose(affine[:3, :2], np.diag([1.5, 1.5, 1.0])[:, :2])
+    uneven = slice_affines(4)
+    uneven[3][2, 3] += 1.0
+    with pytest.raises(InputError, match="not one contiguous, evenly spaced run"):
+        volume_affine(uneven)
+    with pytest.raises(InputError, match="at least two slices"):
+        volume_affine([None, None])
+
+
+def test_totalsegmentator_hook_converts_stacks_and_maps_classes(monkeypatch):
+    import sys
+    import types
+
+    calls = {}
+
+    def fake_totalsegmentator(image, output, ml, task, roi_subset, device, fast, quiet):
+        import nibabel as nib
+
+        calls.update(affine=image.affine, data=np.asarray(image.dataobj), roi_subset=roi_subset, task=task)
+        hu = np.asarray(image.dataobj)
+        labels = np.where(hu > 100, 5, np.where(hu > 50, 1, 0))  # TotalSegmentator ids: 5 liver, 1 spleen
+        return nib.Nifti1Image(labels.astype(np.uint8), image.affine)
+
+    package = types.ModuleType("totalsegmentator")
+    api = types.ModuleType("totalsegmentator.python_api")
+    api.totalsegmentator = fake_totalsegmentator
+    mapping = types.ModuleType("totalsegmentator.map_to_binary")
+    mapping.class_map = {"total": {1: "spleen", 5: "liver", 52: "aorta"}}
+    monkeypatch.setitem(sys.modules, "totalsegmentator", package)
+    monkeypatch.setitem(sys.modules, "totalsegmentator.python_api", api)
+    monkeypatch.setitem(sys.modules, "totalsegmentator.map_to_binary", mapping)
+    from common.semantic_eval import TotalSegmentatorSegmenter
+
+    segmenter = TotalSegmentatorSegmenter(slice_affines(3), {"0": "background", "1": "liver", "2": "spleen"})
+    images = torch.zeros(3, 1, 4, 5)
+    images[:, :, :2] = 1.0  # 240 HU: "liver"
+    images[:, :, 2:, :2] = 0.1  # 60 HU: "spleen"
+    logits = segmenter(images)
+    assert logits.shape == (3, 3, 4, 5)
+    classes = logits.argmax(1)
+    assert (classes[:, :2] == 1).all() and (classes[:, 2:, :2] == 2).all() and (classes[:, 2:, 2:] == 0).all()
+    assert calls["data"].shape == (4, 5, 3) and calls["task"] == "total" and calls["roi_subset"] == ["liver", "spleen"]
+    np.testing.assert_allclose(calls["data"][0, 0, 0], 240.0)  # level 40 + 1.0 * 400 / 2
+    np.testing.assert_allclose(calls["affine"][:3, 2], [0, 0, 3.0])
+    with pytest.raises(InputError, match="class 1 'kidney' is not a TotalSegmentator 'total' class"):
+        TotalSegmentatorSegmenter(slice_affines(3), {"1": "kidney"})
+
+
+def test_without_totalsegmentator_the_error_says_how_to_get_it(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "totalsegmentator", None)
+    from common.semantic_eval import TotalSegmentatorSegmenter
+
+    with pytest.raises(InputError, match="TotalSegmentator is not installed"):
+        TotalSegmentatorSegmenter(slice_affines(3), {"1": "liver"})
