@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 
 from common.errors import InputError, as_flag
-from common.seg_eval import build_segmenter, load_segmenter, predict, save_segmenter, train_segmenter
+from common.seg_eval import predict
 from common.writers import PairWriter, save_preview_grid, write_datalist
 
-__all__ = ["hard_dice_loss", "filter_decisions", "filter_pairs", "load_or_train_segmenter", "DECISIONS"]
+__all__ = ["hard_dice_loss", "filter_decisions", "filter_pairs", "DECISIONS"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,30 +67,6 @@ def filter_decisions(losses: Sequence[float], eta: float = 0.065, middle_band: b
         else:
             decisions.append("dropped")
     return decisions
-
-
-def load_or_train_segmenter(
-    path: str,
-    pairs: Sequence[Mapping[str, Any]],
-    network: str = "unet",
-    num_classes: int = 2,
-    image_size: int = 64,
-    iterations: int = 1500,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-) -> torch.nn.Module:
-    """The filter's segmenter: loaded from ``path``, or trained on the real ``pairs`` and saved there first."""
-    if os.path.isfile(path):
-        logger.info("filter segmenter: loading %s", path)
-        return load_segmenter(path, device)
-    logger.info("filter segmenter: training on %d real pairs for %d iterations -> %s", len(pairs), iterations, path)
-    torch.manual_seed(seed)
-    model = build_segmenter(network, num_classes, image_size)
-    stats = train_segmenter(model, pairs, iterations=iterations, seed=seed, device=device)
-    logger.info("filter segmenter trained: final loss %.4f in %.0f s", stats["final_loss"], stats["seconds"])
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_segmenter(model, path, network, num_classes, image_size)
-    return model.eval()
 
 
 def filter_pairs(

@@ -67,6 +67,7 @@ __all__ = [
     "build_segmenter",
     "save_segmenter",
     "load_segmenter",
+    "load_or_train_segmenter",
     "augmentation",
     "train_segmenter",
     "predict",
@@ -644,6 +645,31 @@ def merge_training_pairs(
         keep = subset_indices(len(pairs), max_synthetic, seed)
         pool.extend(training_items([pairs[i] for i in keep]))
     return pool
+
+
+def load_or_train_segmenter(
+    path: str,
+    pairs: Sequence[Mapping[str, Any]],
+    network: str = "unet",
+    num_classes: int = 2,
+    image_size: int = 64,
+    iterations: int = 1500,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> torch.nn.Module:
+    """A segmenter trained on real ``pairs`` once and cached: loaded from ``path`` when it exists, else trained and
+    saved there (atomically) first. DiffuseExpand's filter and the CT bundle's organ segmenter use it."""
+    if os.path.isfile(path):
+        logger.info("segmenter: loading %s", path)
+        return load_segmenter(path, device)
+    logger.info("segmenter: training on %d real pairs for %d iterations -> %s", len(pairs), iterations, path)
+    torch.manual_seed(seed)
+    model = build_segmenter(network, num_classes, image_size)
+    stats = train_segmenter(model, pairs, iterations=iterations, seed=seed, device=device)
+    logger.info("segmenter trained: final loss %.4f in %.0f s", stats["final_loss"], stats["seconds"])
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_segmenter(model, path, network, num_classes, image_size)
+    return model.eval()
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from PIL import Image
 
 from common.errors import InputError
 from common.metrics import alignment_dice, compute_fid, paired_image_metrics
-from common.seg_eval import build_segmenter, load_segmenter, save_segmenter, train_segmenter
+from common.seg_eval import load_or_train_segmenter
 from common.writers import PairWriter, atomic_write_bytes
 
 __all__ = [
@@ -57,19 +57,10 @@ def organ_segmenter(
     seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> torch.nn.Module:
-    """The stand-in for TotalSegmentator: loaded from ``path`` or trained on the real training slices, then saved."""
-    if os.path.isfile(path):
-        return load_segmenter(path, device)
+    """The stand-in for TotalSegmentator: a MONAI UNet on the real training slices' organ classes (the body class
+    folded into background), cached at ``path`` (:func:`common.seg_eval.load_or_train_segmenter`)."""
     pairs = [{"image": p["image"], "label": _organ_only(p["label"], organ_classes)} for p in train_pairs]
-    torch.manual_seed(seed)
-    model = build_segmenter("unet", organ_classes, image_size)
-    stats = train_segmenter(model, pairs, iterations=iterations, seed=seed, device=device)
-    logger.info(
-        "organ segmenter: %d slices, %d iterations, final loss %.4f", len(pairs), iterations, stats["final_loss"]
-    )
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_segmenter(model, path, "unet", organ_classes, image_size)
-    return model.eval()
+    return load_or_train_segmenter(path, pairs, "unet", organ_classes, image_size, iterations, seed, device)
 
 
 def volume_affine(affines: Sequence[Any]) -> np.ndarray:
