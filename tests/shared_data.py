@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
+from monai.bundle import ConfigParser
 
-__all__ = ["DATA", "REPO", "needs"]
+__all__ = ["DATA", "REPO", "needs", "config_parser"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,3 +28,10 @@ def needs(*parts: str):
     return pytest.mark.skipif(
         not path.exists(), reason=f"shared dataset '{path}' is absent (set PAIRED_SYNTH_DATA to its folder)"
     )
+
+
+def config_parser(*files) -> ConfigParser:
+    """A MONAI ``ConfigParser`` over config files read in order (later files override earlier keys)."""
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in files])
+    return parser

@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from monai.bundle import ConfigParser
 
-from tests.shared_data import REPO
+from tests.shared_data import REPO, config_parser
 
 CONFIGS = REPO / "bundles" / "ct_semantic_synthesis" / "configs"
 TINY = REPO / "tests" / "configs" / "ct_semantic_tiny.json"
 SHARED = ("image_size", "num_classes", "num_train_timesteps", "beta_start", "beta_end", "channels", "network_def")
 
 
-def parser(*files) -> ConfigParser:
-    p = ConfigParser()
-    p.read_config([str(f) for f in files])
-    return p
-
-
 @pytest.mark.parametrize("conditioning", ["conditional", "mask_guided", "edge_guided", "sdm"])
 def test_each_conditioning_trains_one_step_with_the_hybrid_loss(conditioning):
-    p = parser(CONFIGS / "train.json", TINY)
+    p = config_parser(CONFIGS / "train.json", TINY)
     p["conditioning"] = conditioning
     p["num_classes"] = 4
     p["num_synthetic"] = 4
@@ -41,13 +34,13 @@ def test_each_conditioning_trains_one_step_with_the_hybrid_loss(conditioning):
 
 
 def test_train_inference_and_paper_agree_on_the_model():
-    train, infer = parser(CONFIGS / "train.json"), parser(CONFIGS / "inference.json")
+    train, infer = config_parser(CONFIGS / "train.json"), config_parser(CONFIGS / "inference.json")
     for key in SHARED + ("intensity_window", "body_threshold", "conditioning", "model_classes"):
         assert train.config[key] == infer.config[key], key
-    paper = parser(CONFIGS / "train.json", CONFIGS / "paper.json")
+    paper = config_parser(CONFIGS / "train.json", CONFIGS / "paper.json")
     assert paper["image_size"] == 256 and paper["num_train_timesteps"] == 1000 and paper["batch_size"] == 16
     assert paper["learning_rate"] == pytest.approx(1e-4) and paper["vlb_weight"] == pytest.approx(0.001)
     assert paper["iterations_per_epoch"] * paper["max_epochs"] == 150_000
-    assert parser(CONFIGS / "train_pix2pix.json", CONFIGS / "paper.json")["pix2pix_learning_rate"] == pytest.approx(
-        5e-4
-    )
+    assert config_parser(CONFIGS / "train_pix2pix.json", CONFIGS / "paper.json")[
+        "pix2pix_learning_rate"
+    ] == pytest.approx(5e-4)

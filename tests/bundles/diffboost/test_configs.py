@@ -6,7 +6,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from tests.shared_data import REPO
+from tests.shared_data import REPO, config_parser
 
 CONFIGS = REPO / "bundles" / "diffboost" / "configs"
 GENERATOR_KEYS = (
@@ -29,10 +29,8 @@ GENERATOR_KEYS = (
 )
 
 
-def parser(*names: str) -> ConfigParser:
-    p = ConfigParser()
-    p.read_config([str(CONFIGS / n) for n in names])
-    return p
+def parser(*names) -> ConfigParser:
+    return config_parser(*(CONFIGS / n for n in names))
 
 
 def test_training_and_generation_build_the_same_generator():

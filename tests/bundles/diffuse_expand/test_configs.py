@@ -6,7 +6,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from tests.shared_data import REPO
+from tests.shared_data import REPO, config_parser
 
 CONFIGS = REPO / "bundles" / "diffuse_expand" / "configs"
 DPM_KEYS = (
@@ -33,10 +33,8 @@ SEGMENTER_KEYS = (
 )
 
 
-def parser(*names: str) -> ConfigParser:
-    p = ConfigParser()
-    p.read_config([str(CONFIGS / n) for n in names])
-    return p
+def parser(*names) -> ConfigParser:
+    return config_parser(*(CONFIGS / n for n in names))
 
 
 @pytest.mark.parametrize(("stage", "keys"), [("train_dpm.json", DPM_KEYS), ("train_segmenter.json", SEGMENTER_KEYS)])
