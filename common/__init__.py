@@ -14,6 +14,7 @@ __all__ = [
     "checkpoints",
     "data",
     "diffboost",
+    "distributed",
     "edges",
     "errors",
     "filtering",

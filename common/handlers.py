@@ -162,7 +162,11 @@ class PairPreviewHandler:
         indices = list(range(self.num_pairs))
         mask_noise = pair_noise(indices, (mask_channels(self.num_classes), *self.size), self.seed).to(device)
         image_noise = pair_noise(indices, (self.image_channels, *self.size), self.seed + 1).to(device)
-        masks, images = self.sampler(getattr(network, "module", network), mask_noise, image_noise, indices=indices)
+        # an ancestral sampler draws from the global RNG: keep training's random stream as if no preview ran
+        # (previews on or off, and on rank 0 only under DDP, never change what training draws)
+        devices = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            masks, images = self.sampler(getattr(network, "module", network), mask_noise, image_noise, indices=indices)
         path = self.path_pattern.format(epoch=engine.state.epoch)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         labels = decode_mask(masks).cpu() if masks is not None else torch.zeros_like(images[:, :1], dtype=torch.long)

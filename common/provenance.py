@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from common.distributed import is_main_process
 from common.writers import atomic_write_bytes
 
 __all__ = ["write_training_data_summary", "read_training_data_summary", "resolve_file_format"]
@@ -24,7 +25,8 @@ SUMMARY_NAME = "training_data.json"
 
 
 def write_training_data_summary(pairs: Sequence[Mapping[str, Any]], ckpt_dir: str, **settings: Any) -> str:
-    """Summarise loaded pairs (from ``common.data.load_dataset``) into ``<ckpt_dir>/training_data.json``."""
+    """Summarise loaded pairs (from ``common.data.load_dataset``) into ``<ckpt_dir>/training_data.json`` (written by
+    the main process only under DDP)."""
     formats = Counter(p.get("format", "png") for p in pairs)
     affine = next((p.get("affine") for p in pairs if p.get("affine") is not None), None)
     first = pairs[0]["image"] if pairs else None
@@ -37,8 +39,10 @@ def write_training_data_summary(pairs: Sequence[Mapping[str, Any]], ckpt_dir: st
         "affine": np.asarray(affine).tolist() if affine is not None else None,
         **settings,
     }
-    os.makedirs(ckpt_dir, exist_ok=True)
     path = os.path.join(ckpt_dir, SUMMARY_NAME)
+    if not is_main_process():
+        return path
+    os.makedirs(ckpt_dir, exist_ok=True)
     atomic_write_bytes(path, json.dumps(summary, indent=2, default=str).encode())
     return path
 

@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 from monai.engines import PrepareBatch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader
 
+from common.distributed import GlobalBatchSampler, draw_global
 from common.errors import InputError
 from common.schedulers import prediction_type
 from common.task_conditioned import NULL_CONDITION
@@ -33,16 +34,33 @@ __all__ = [
     "iteration_loader",
     "training_items",
     "sample_timesteps",
+    "batch_noise_like",
+    "batch_uniform",
     "diffusion_target",
 ]
 
 
 def sample_timesteps(batch_size: int, num_train_timesteps: int, antithetic: bool, device=None) -> torch.Tensor:
-    """Uniform timesteps in [0, T); ``antithetic`` pairs t with T-1-t (authors' code) to lower the loss variance."""
-    if not antithetic:
-        return torch.randint(0, num_train_timesteps, (batch_size,), device=device)
-    half = torch.randint(0, num_train_timesteps, ((batch_size + 1) // 2,), device=device)
-    return torch.cat([half, num_train_timesteps - 1 - half])[:batch_size]
+    """Uniform timesteps in [0, T); ``antithetic`` pairs t with T-1-t (authors' code) to lower the loss variance.
+    Under DDP the draw is for the global batch (:func:`common.distributed.draw_global`)."""
+
+    def draw(n: int) -> torch.Tensor:
+        if not antithetic:
+            return torch.randint(0, num_train_timesteps, (n,), device=device)
+        half = torch.randint(0, num_train_timesteps, ((n + 1) // 2,), device=device)
+        return torch.cat([half, num_train_timesteps - 1 - half])[:n]
+
+    return draw_global(draw, batch_size)
+
+
+def batch_noise_like(x: torch.Tensor) -> torch.Tensor:
+    """Gaussian noise shaped like the batch ``x``, drawn for the global batch under DDP."""
+    return draw_global(lambda n: torch.randn((n, *x.shape[1:]), dtype=x.dtype, device=x.device), x.shape[0])
+
+
+def batch_uniform(batch_size: int, device=None) -> torch.Tensor:
+    """One U[0, 1) number per sample (task coins, condition dropout), drawn for the global batch under DDP."""
+    return draw_global(lambda n: torch.rand(n, device=device), batch_size)
 
 
 def diffusion_target(scheduler: Any, clean: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -99,7 +117,7 @@ class PairedDiffusionPrepareBatch(PrepareBatch):
             batchdata, device, non_blocking, self.num_classes, (self.image_key, self.label_key)
         )
         timesteps = sample_timesteps(image.shape[0], self.scheduler.num_train_timesteps, self.antithetic, image.device)
-        mask_noise, image_noise = torch.randn_like(mask), torch.randn_like(image)
+        mask_noise, image_noise = batch_noise_like(mask), batch_noise_like(image)
         noisy_mask = self.scheduler.add_noise(original_samples=mask, noise=mask_noise, timesteps=timesteps)
         noisy_image = self.scheduler.add_noise(original_samples=image, noise=image_noise, timesteps=timesteps)
         inputs = torch.cat([noisy_mask, noisy_image], dim=1)
@@ -130,11 +148,11 @@ class _TaskBatch(PrepareBatch):
         if label.max() > 1 or label.min() < 0:
             raise ValueError("DiffuseExpand models binary masks: labels must be 0/1 (set num_classes=2).")
         batch = image.shape[0]
-        task = (torch.rand(batch, device=image.device) < self.image_probability).long()
+        task = (batch_uniform(batch, image.device) < self.image_probability).long()
         is_image = task.view(-1, *([1] * (image.ndim - 1))).bool()
         clean = torch.where(is_image, image, mask)
         timesteps = sample_timesteps(batch, self.scheduler.num_train_timesteps, self.antithetic, image.device)
-        noise = torch.randn_like(clean)
+        noise = batch_noise_like(clean)
         noisy = self.scheduler.add_noise(original_samples=clean, noise=noise, timesteps=timesteps)
         return task, is_image, clean, noise, noisy, timesteps, mask, label
 
@@ -157,7 +175,7 @@ class TaskConditionedPrepareBatch(_TaskBatch):
 
     def __call__(self, batchdata: Mapping[str, Any], device=None, non_blocking: bool = False, **kwargs: Any):
         task, is_image, clean, noise, noisy, timesteps, mask, _ = self.noised(batchdata, device, non_blocking)
-        keep = torch.rand(task.shape[0], device=noisy.device) >= self.condition_dropout
+        keep = batch_uniform(task.shape[0], noisy.device) >= self.condition_dropout
         keep = keep.view(-1, *([1] * (noisy.ndim - 1))) & is_image
         condition = torch.where(keep, mask, torch.full_like(mask, NULL_CONDITION))
         target = diffusion_target(self.scheduler, clean, noise, timesteps)
@@ -192,7 +210,7 @@ class SemanticDiffusionPrepareBatch(PrepareBatch):
         image = torch.as_tensor(batchdata["image"]).to(device=device, dtype=torch.float32, non_blocking=non_blocking)
         label = torch.as_tensor(batchdata["label"]).to(device=device, non_blocking=non_blocking).long()
         timesteps = sample_timesteps(image.shape[0], self.scheduler.num_train_timesteps, self.antithetic, image.device)
-        noise = torch.randn_like(image)
+        noise = batch_noise_like(image)
         noisy = self.scheduler.add_noise(original_samples=image, noise=noise, timesteps=timesteps)
         target: Any = diffusion_target(self.scheduler, image, noise, timesteps)
         if self.hybrid:
@@ -239,14 +257,16 @@ class TextEdgePrepareBatch(PrepareBatch):
         prompts = list(batchdata["prompt"])
         edges = canny_edges(image) if self.edge_source == "image" else mask_edges(label)
         phrases = list(AUGMENTATION_PHRASES)
+        coins = draw_global(lambda n: self.random.random(n), image.shape[0])
+        picks = draw_global(lambda n: self.random.integers(len(phrases), size=n), image.shape[0])
         for i in range(image.shape[0]):
-            if self.random.random() < self.phrase_probability:
-                phrase = phrases[int(self.random.integers(len(phrases)))]
+            if coins[i] < self.phrase_probability:
+                phrase = phrases[int(picks[i])]
                 image[i : i + 1] = apply_phrase(image[i : i + 1], phrase)
                 prompts[i] = f"{prompts[i]}, {phrase}"
         image = image.to(device=device, non_blocking=non_blocking)
         timesteps = sample_timesteps(image.shape[0], self.scheduler.num_train_timesteps, self.antithetic, image.device)
-        noise = torch.randn_like(image)
+        noise = batch_noise_like(image)
         noisy = self.scheduler.add_noise(original_samples=image, noise=noise, timesteps=timesteps)
         target = diffusion_target(self.scheduler, image, noise, timesteps)
         tokens = self.tokenizer(prompts).to(image.device)
@@ -262,11 +282,12 @@ def training_items(pairs: Sequence[Mapping[str, Any]], extra_keys: Sequence[str]
 def iteration_loader(
     dataset, batch_size: int, iterations_per_epoch: int, num_workers: int = 0, seed: int | None = None, **kwargs: Any
 ) -> DataLoader:
-    """A DataLoader whose epoch is exactly ``iterations_per_epoch`` batches, drawn with replacement."""
+    """A DataLoader whose epoch is exactly ``iterations_per_epoch`` batches, drawn with replacement.
+
+    ``batch_size`` is per process: under ``torchrun`` with N processes each step trains on a global batch of
+    ``N * batch_size`` drawn from one seeded stream (:class:`common.distributed.GlobalBatchSampler`).
+    """
     if batch_size < 1 or iterations_per_epoch < 1:
         raise ValueError(f"batch_size and iterations_per_epoch must be >= 1, got {batch_size}, {iterations_per_epoch}.")
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    sampler = RandomSampler(
-        dataset, replacement=True, num_samples=batch_size * iterations_per_epoch, generator=generator
-    )
+    sampler = GlobalBatchSampler(len(dataset), batch_size, iterations_per_epoch, seed=seed)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, **kwargs)
