@@ -5,7 +5,7 @@
 
 1. pretrain the text + edge generator on the pooled train splits (BUSI, chest X-rays, CT train slab; pretrain.json);
 2. fine-tune it on the BUSI train pairs (--max_pairs: a seeded few-shot subset, the same one every later stage uses);
-3. generate --augment_ratio versions of every one of those pairs (generate.json);
+3. generate --augment_ratio versions of every one of those pairs (inference.json);
 4. Table II: AttentionUnet on the real pairs alone, with each conventional augmentation, DeepStack, and DiffBoost
    patch mixing (alpha 0.6, patch 16), --seeds, tested on the BUSI test split (evaluate.json);
 5. ablation: DiffBoost at alpha in --alphas (patch 16) and patch size in --patch_sizes (alpha 0.6).
@@ -86,7 +86,7 @@ def main() -> None:
     versions = work / "versions"
     if not (versions / "sources.json").is_file():
         stage(
-            ["generate.json", "busi.json"],
+            ["inference.json", "busi.json"],
             extra,
             *data,
             *task,

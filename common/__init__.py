@@ -17,6 +17,7 @@ __all__ = [
     "distributed",
     "edges",
     "errors",
+    "export",
     "filtering",
     "generation",
     "guidance",

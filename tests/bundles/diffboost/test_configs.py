@@ -34,7 +34,7 @@ def parser(*names) -> ConfigParser:
 
 
 def test_training_and_generation_build_the_same_generator():
-    train, generate = parser("train.json"), parser("generate.json")
+    train, generate = parser("train.json"), parser("inference.json")
     for key in GENERATOR_KEYS:
         assert train.config[key] == generate.config[key], key
     a, b = train.get_parsed_content("network_def"), generate.get_parsed_content("network_def")
@@ -49,7 +49,7 @@ def test_stage_overlays_set_edges_sources_and_weights():
     finetune = parser("train.json", "busi.json")
     weights = finetune.get_parsed_content("pretrained_weights")
     assert finetune["edge_source"] == "mask" and weights.endswith("pretrain/model.pt")
-    assert parser("generate.json", "busi.json").get_parsed_content("ckpt_path").endswith("finetune/model.pt")
+    assert parser("inference.json", "busi.json").get_parsed_content("ckpt_path").endswith("finetune/model.pt")
 
 
 def test_evaluation_has_every_table_ii_row():

@@ -42,7 +42,7 @@ def stages(tmp_path_factory) -> Path:
             ),
         ),
         (
-            ("generate.json", "busi.json"),
+            ("inference.json", "busi.json"),
             ("--ckpt_path", str(root / "finetune" / "model.pt"), "--output_dir", str(root / "versions")),
         ),
         (
