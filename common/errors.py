@@ -8,16 +8,25 @@ is printed as a single ``error: ...`` line and the process exits with status 2.
 
 from __future__ import annotations
 
+import errno
 import sys
 from types import TracebackType
 
-__all__ = ["InputError", "find_input_error", "install_excepthook", "as_flag", "EXIT_INPUT_ERROR"]
+__all__ = ["InputError", "OutputError", "find_input_error", "install_excepthook", "as_flag", "EXIT_INPUT_ERROR"]
 
 EXIT_INPUT_ERROR = 2
 
 
 class InputError(ValueError):
     """Bad user input (path, file content or config value). ``str(err)`` is one sentence naming the culprit."""
+
+
+class OutputError(InputError):
+    """An output could not be written (read-only folder, full disk); nothing partial was left under its name."""
+
+
+# errno values that mean "this output cannot be written here": reported like bad input, in one sentence
+_WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 def as_flag(value: object, key: str) -> bool:
@@ -30,11 +39,16 @@ def as_flag(value: object, key: str) -> bool:
 
 
 def find_input_error(exc: BaseException | None) -> InputError | None:
-    """Return the first :class:`InputError` in ``exc``'s cause/context chain, if any."""
+    """Return the first :class:`InputError` in ``exc``'s cause/context chain, if any; an ``OSError`` that refuses a
+    write (permission, read-only file system, no space, file too large) becomes an :class:`OutputError` naming the
+    file."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, InputError):
             return exc
+        if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
+            where = f"'{exc.filename}'" if exc.filename else "an output file"
+            return OutputError(f"could not write {where} ({exc.strerror}); choose a writable folder with free space.")
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None

@@ -1,8 +1,8 @@
 """Ignite handlers shared by the bundles' training configs.
 
-* :class:`TrainingCheckpointer` wraps MONAI's ``CheckpointSaver``/``CheckpointLoader`` around the engine it is attached
-  to, so a config can checkpoint and resume the trainer's own state (iteration, optimizer) without the circular
-  reference ``trainer -> handlers -> trainer``.
+* :class:`TrainingCheckpointer` checkpoints (atomically, with ignite's ``Checkpoint``) and resumes (MONAI's
+  ``CheckpointLoader``) the engine it is attached to, so a config can save the trainer's own state (iteration,
+  optimizer) without the circular reference ``trainer -> handlers -> trainer``.
 * :class:`LossHistoryHandler` keeps a CSV of the loss per iteration with wall-clock time (loss curves for the notes).
 * :class:`PairPreviewHandler` samples a few pairs every few epochs and saves a preview grid: the "validation samples"
   of a generator, which a person can look at while it trains.
@@ -16,15 +16,19 @@ import logging
 import os
 import re
 import time
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import torch
 from ignite.engine import Engine, Events
-from monai.handlers import CheckpointLoader, CheckpointSaver
+from ignite.handlers import Checkpoint, DiskSaver
+from monai.handlers import CheckpointLoader
 
+from common.distributed import is_main_process
+from common.errors import InputError, OutputError
 from common.generation import pair_noise
 from common.transforms import decode_mask, mask_channels
-from common.writers import save_preview_grid
+from common.writers import atomic_path, save_preview_grid
 
 __all__ = ["TrainingCheckpointer", "LossHistoryHandler", "PairPreviewHandler", "latest_checkpoint"]
 
@@ -41,10 +45,47 @@ def latest_checkpoint(ckpt_dir: str, prefix: str = "checkpoint") -> str | None:
     return best
 
 
+class _AtomicDiskSaver(DiskSaver):
+    """ignite's atomic ``DiskSaver`` (temp file + rename: a kill or a full disk never leaves a truncated checkpoint
+    under the real name; MONAI's ``CheckpointSaver`` writes in place) whose write failures name the file."""
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        try:
+            super().__call__(checkpoint, filename, metadata)
+        except Exception as exc:
+            path = os.path.join(self.dirname, filename)
+            raise OutputError(f"could not write checkpoint '{path}' ({_first_line(exc)}); is the disk full?") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _check_resumable(path: str, network: torch.nn.Module) -> None:
+    """A checkpoint left in ``ckpt_dir`` must be readable plain weights of this very network."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(f"checkpoint '{path}' could not be read ({_first_line(exc)}); delete it to restart.") from exc
+    weights = state.get("network") if isinstance(state, Mapping) else None
+    expected = network.state_dict()
+    if not isinstance(weights, Mapping) or {k: tuple(v.shape) for k, v in weights.items()} != {
+        k: tuple(v.shape) for k, v in expected.items()
+    }:
+        raise InputError(
+            f"checkpoint '{path}' in ckpt_dir was written by a different network configuration; "
+            "choose another ckpt_dir or set resume to false."
+        )
+
+
 class TrainingCheckpointer:
     """Save network + optimizer + trainer state (+ ``extra``, e.g. the EMA weights) every ``save_interval`` epochs,
     keeping the last; save ``final_model`` (default: the trained network; pass the EMA copy to ship EMA weights) alone
     as ``final_filename`` when training completes; resume from the last full checkpoint when ``resume`` and one exists.
+
+    Every file is written to a temporary name and renamed, so a killed run resumes from its last complete checkpoint.
+    Under DDP only rank 0 writes; every rank resumes.
     """
 
     def __init__(
@@ -72,22 +113,40 @@ class TrainingCheckpointer:
         state = {"network": self.network, "optimizer": self.optimizer, "trainer": engine, **self.extra}
         previous = latest_checkpoint(self.ckpt_dir) if self.resume else None
         if previous is not None:
+            _check_resumable(previous, self.network)
             logger.info("resuming from %s", previous)
             CheckpointLoader(load_path=previous, load_dict=state, map_location=str(engine.state.device)).attach(engine)
-        CheckpointSaver(
-            save_dir=self.ckpt_dir,
-            save_dict=state,
-            save_interval=self.save_interval,
+        saver = Checkpoint(
+            state,
+            _AtomicDiskSaver(self.ckpt_dir, require_empty=False, atomic=True),
+            filename_pattern="checkpoint_epoch={global_step}.{ext}",
             n_saved=1,
-            file_prefix="",
-        ).attach(engine)
-        CheckpointSaver(
-            save_dir=self.ckpt_dir,
-            save_dict={"network": self.final_model or self.network},
-            save_final=True,
-            save_interval=0,
-            final_filename=self.final_filename,
-        ).attach(engine)
+            global_step_transform=lambda engine, _: engine.state.epoch,
+        )
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=max(1, int(self.save_interval))), saver)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=max(1, int(self.save_interval))), self.prune)
+        engine.add_event_handler(Events.COMPLETED, self.save_final)
+
+    def prune(self, engine: Engine) -> None:
+        """Remove checkpoints older than the one just saved (also those a killed earlier run left)."""
+        newest = latest_checkpoint(self.ckpt_dir)
+        if not is_main_process() or newest is None:
+            return
+        for path in glob.glob(os.path.join(self.ckpt_dir, "checkpoint_*.pt")):
+            if path != newest:
+                os.remove(path)
+
+    def save_final(self, engine: Engine) -> None:
+        """The shipped weights alone (a bare state dict, what inference loads), written atomically on rank 0."""
+        if not is_main_process():
+            return
+        model = self.final_model or self.network
+        path = os.path.join(self.ckpt_dir, self.final_filename)
+        try:
+            with atomic_path(path) as tmp:
+                torch.save(getattr(model, "module", model).state_dict(), tmp)
+        except OSError as exc:
+            raise OutputError(f"could not write '{path}' ({_first_line(exc)}); is the disk full?") from exc
 
 
 class LossHistoryHandler:

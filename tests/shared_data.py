@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 from monai.bundle import ConfigParser
 
-__all__ = ["DATA", "REPO", "needs", "config_parser"]
+__all__ = ["DATA", "REPO", "needs", "config_parser", "user_error"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,3 +36,12 @@ def config_parser(*files) -> ConfigParser:
     parser = ConfigParser()
     parser.read_config([str(f) for f in files])
     return parser
+
+
+def user_error(result: subprocess.CompletedProcess) -> str:
+    """The one-sentence error a user sees: exit status 2, no traceback, a single ``error:`` line, printed last."""
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and result.stderr.strip().splitlines()[-1] == errors[0], result.stderr[-3000:]
+    return errors[0]

@@ -56,8 +56,8 @@ def test_two_processes_match_one_process_on_the_global_batch(bundle, train, tiny
     single = launch([sys.executable], base, tmp_path / "single", batch_size=4)
     assert single.returncode == 0, single.stderr[-4000:]
 
-    rank0, rank1 = (torch.load(tmp_path / "ddp" / "out" / f"weights_rank{r}.pt") for r in (0, 1))
-    reference = torch.load(tmp_path / "single" / "out" / "weights_rank0.pt")
+    rank0, rank1 = (torch.load(tmp_path / "ddp" / "out" / f"weights_rank{r}.pt", weights_only=True) for r in (0, 1))
+    reference = torch.load(tmp_path / "single" / "out" / "weights_rank0.pt", weights_only=True)
     assert rank0.keys() == rank1.keys() == reference.keys()
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), f"ranks differ in {key}"

@@ -25,15 +25,6 @@ def run_bundle(config: str, *overrides: str, timeout: int = 300) -> subprocess.C
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
-def user_error(result: subprocess.CompletedProcess) -> str:
-    """The one-sentence error a user sees: exit status 2, no traceback, a single ``error:`` line, printed last."""
-    assert result.returncode == 2, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and result.stderr.strip().splitlines()[-1] == errors[0], result.stderr[-3000:]
-    return errors[0]
-
-
 def digest(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
@@ -129,56 +120,6 @@ def test_same_seed_same_pairs_and_resume_writes_only_missing(trained):
         == 0
     )
     assert digest(other / "images") != digest(a / "images")
-
-
-@pytest.mark.parametrize("value", ["0", "-3"])
-def test_bad_num_pairs_fails_cleanly(trained, value):
-    out = trained / f"gen_bad_{value}"
-    result = run_bundle(
-        "inference.json", "--ckpt_dir", str(trained / "models"), "--output_dir", str(out), "--num_pairs", value
-    )
-    assert user_error(result) == f"error: 'num_pairs' must be a positive integer, got {value}."
-    assert not out.exists()
-
-
-def test_missing_checkpoint_fails_cleanly(tmp_path):
-    result = run_bundle("inference.json", "--ckpt_dir", str(tmp_path / "nothing"), "--output_dir", str(tmp_path / "o"))
-    assert "model.pt' does not exist" in user_error(result)
-    assert not (tmp_path / "o").exists()
-
-
-def test_missing_dataset_dir_fails_before_any_output(tmp_path):
-    result = run_bundle(
-        "train.json",
-        "--dataset_dir",
-        str(tmp_path / "nope"),
-        "--output_dir",
-        str(tmp_path / "out"),
-        "--ckpt_dir",
-        str(tmp_path / "models"),
-    )
-    assert str(tmp_path / "nope") in user_error(result)
-    assert not (tmp_path / "out").exists() and not (tmp_path / "models").exists()
-
-
-def test_image_without_mask_fails_before_any_output(tmp_path):
-    data = tmp_path / "data"
-    (data / "images").mkdir(parents=True)
-    (data / "masks").mkdir()
-    for name in ("a", "b"):
-        Image.fromarray(np.zeros((40, 40), np.uint8)).save(data / "images" / f"{name}.png")
-    Image.fromarray(np.zeros((40, 40), np.uint8)).save(data / "masks" / "a.png")
-    result = run_bundle(
-        "train.json",
-        "--dataset_dir",
-        str(data),
-        "--output_dir",
-        str(tmp_path / "out"),
-        "--ckpt_dir",
-        str(tmp_path / "models"),
-    )
-    assert "b.png" in user_error(result)
-    assert not (tmp_path / "out").exists() and not (tmp_path / "models").exists()
 
 
 def run_overlay(configs: list[str], *overrides: str) -> subprocess.CompletedProcess:
