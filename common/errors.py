@@ -12,7 +12,15 @@ import errno
 import sys
 from types import TracebackType
 
-__all__ = ["InputError", "OutputError", "find_input_error", "install_excepthook", "as_flag", "EXIT_INPUT_ERROR"]
+__all__ = [
+    "InputError",
+    "OutputError",
+    "WRITE_ERRNOS",
+    "find_input_error",
+    "install_excepthook",
+    "as_flag",
+    "EXIT_INPUT_ERROR",
+]
 
 EXIT_INPUT_ERROR = 2
 
@@ -26,7 +34,7 @@ class OutputError(InputError):
 
 
 # errno values that mean "this output cannot be written here": reported like bad input, in one sentence
-_WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 def as_flag(value: object, key: str) -> bool:
@@ -46,7 +54,7 @@ def find_input_error(exc: BaseException | None) -> InputError | None:
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, InputError):
             return exc
-        if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
             where = f"'{exc.filename}'" if exc.filename else "an output file"
             return OutputError(f"could not write {where} ({exc.strerror}); choose a writable folder with free space.")
         seen.add(id(exc))

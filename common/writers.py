@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common.errors import InputError
+from common.errors import WRITE_ERRNOS, InputError, OutputError
 
 __all__ = ["PairWriter", "write_datalist", "save_preview_grid", "atomic_write_bytes", "atomic_path"]
 
@@ -105,9 +105,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
         yield tmp
         _fsync_file(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+            raise OutputError(f"could not write '{path}' ({exc.strerror}); is the disk full?") from exc
         raise
 
 

@@ -44,4 +44,5 @@ def user_error(result: subprocess.CompletedProcess) -> str:
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and result.stderr.strip().splitlines()[-1] == errors[0], result.stderr[-3000:]
+    print(errors[0])  # shown with pytest -s: the messages of the README's failure table
     return errors[0]
