@@ -1,18 +1,21 @@
-"""Training and sampling throughput of the PIG bundle against a bare loop of the same network (issue 8).
+"""Training and sampling throughput of every bundle's default generator against a bare loop of the same network
+(issue 8). One resumable command:
 
-    python benchmarks/throughput.py --sizes 64 128 --iterations 40 --repeats 3 --out benchmarks/results/throughput.json
+    OMP_NUM_THREADS=2 python benchmarks/throughput.py --workdir runs/throughput --sizes 64 128 --repeats 3
 
-Every measurement runs in a fresh subprocess (clean peak RSS, no warm caches shared), bundle and bare alternating,
-``--repeats`` times; the table reports medians, and the overhead ratios are taken between measurements of one
-invocation on the same machine.
+Every measurement runs in a fresh subprocess (clean peak RSS, no caches shared), bundle and bare alternating in order
+from repeat to repeat; the table reports medians over ``--repeats``, and each overhead ratio is taken between
+measurements of the same invocation on the same machine. One JSON per (bundle, size, mode, repeat) in ``--workdir``,
+skipped when present, so a killed run resumes.
 
-* training, bundle: ``train.json``'s own trainer (data loader, prepare_batch, EMA, stats/TensorBoard/loss-history
-  handlers, checkpoint at the epoch end) for ``--iterations`` steps on the embedded synthetic data; per-iteration times
-  from ignite events after ``--warmup`` steps, split into data, forward (incl. noising), backward, optimiser and
-  handlers. Previews are off (they are periodic validation, reported by their own line).
-* training, bare: the same network, loss and Adam step on pre-made tensors.
-* sampling, bundle: ``common.generation.generate_pairs`` with ``inference.json``'s sampler (writer, datalist, preview).
-* sampling, bare: the sampler's network evaluations (guider + image model per step) on pre-made tensors.
+* training, bundle: the bundle's own training config (data loader, prepare_batch, EMA, stats/TensorBoard/loss-history
+  handlers, checkpoint at the epoch end) on its embedded synthetic data; per-iteration times from ignite events after
+  ``--warmup`` steps, split into data, forward (incl. noising), backward, optimiser and handlers. Previews are off
+  (periodic validation). The epoch-end checkpoint is reported separately.
+* training, bare: the same network, loss and optimiser step on one batch the bundle's own ``prepare_batch`` made.
+* sampling, bundle: the inference config's ``run`` (sampler, writer, datalist, preview) with untrained weights.
+* sampling, bare: every network call the bundle's sampler made, replayed on the same tensors (with gradients where the
+  sampler took them, e.g. DiffuseExpand's classifier guidance).
 """
 
 from __future__ import annotations
@@ -30,22 +33,24 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-CONFIGS = REPO / "bundles" / "pig" / "configs"
+RESULTS = REPO / "benchmarks" / "results"
+
+# bundle -> (training config, inference config, inference overrides that keep one run to a few batches)
+BUNDLES = {
+    "pig": ("train.json", "inference.json", {}),
+    "diffuse_expand": ("train_dpm.json", "inference.json", {}),
+    "diffboost": ("train.json", "inference.json", {"num_synthetic": 8, "augment_ratio": 2}),
+    "ct_semantic_synthesis": ("train.json", "inference.json", {"num_synthetic": 16}),
+}
+MODES = ("train_bundle", "train_bare", "sample_bundle", "sample_bare")
 
 
-def _parser(config: str, size: int, workdir: str, **overrides):
+def _parser(bundle: str, config: str, size: int, workdir: str, **overrides):
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(str(CONFIGS / config))
-    parser.update(
-        {
-            "image_size": size,
-            "output_dir": os.path.join(workdir, "out"),
-            "ckpt_dir": os.path.join(workdir, "models"),
-            **overrides,
-        }
-    )
+    parser.read_config(str(REPO / "bundles" / bundle / "configs" / config))
+    parser.update({"image_size": size, "output_dir": os.path.join(workdir, "out"), **overrides})
     return parser
 
 
@@ -53,21 +58,27 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def train_bundle(size: int, iterations: int, warmup: int, workdir: str) -> dict:
-    from ignite.engine import Events
-    from monai.engines.utils import IterationEvents
-
+def _trainer(bundle: str, size: int, iterations: int, workdir: str):
     parser = _parser(
-        "train.json",
+        bundle,
+        BUNDLES[bundle][0],
         size,
         workdir,
-        iterations_per_epoch=iterations + warmup,
+        ckpt_dir=os.path.join(workdir, "models"),
+        iterations_per_epoch=iterations,
         max_epochs=1,
         preview_interval=0,
         resume=False,
     )
-    parser.get_parsed_content("train#pairs")
-    trainer = parser.get_parsed_content("train#trainer")
+    parser.get_parsed_content("initialize")
+    return parser, parser.get_parsed_content("train#trainer")
+
+
+def train_bundle(bundle: str, size: int, iterations: int, warmup: int, workdir: str) -> dict:
+    from ignite.engine import Events
+    from monai.engines.utils import IterationEvents
+
+    parser, trainer = _trainer(bundle, size, iterations + warmup, workdir)
     marks: list[dict[str, float]] = []
 
     def mark(name):
@@ -83,9 +94,12 @@ def train_bundle(size: int, iterations: int, warmup: int, workdir: str) -> dict:
     trainer.add_event_handler(IterationEvents.FORWARD_COMPLETED, mark("forward"))
     trainer.add_event_handler(IterationEvents.BACKWARD_COMPLETED, mark("backward"))
     trainer.add_event_handler(IterationEvents.MODEL_COMPLETED, mark("optimizer"))
+    epoch_end = {}
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: epoch_end.setdefault("start", time.perf_counter()))
+    trainer.add_event_handler(Events.COMPLETED, lambda e: epoch_end.setdefault("end", time.perf_counter()))
     trainer.run()
-    steps = [m for m in marks if "optimizer" in m][warmup:]
-    ends = [marks[i + 1]["batch_start"] for i in range(warmup, len(marks) - 1) if "batch_start" in marks[i + 1]]
+    steps = marks[warmup:-1]
+    ends = [marks[i + 1]["batch_start"] for i in range(warmup, len(marks) - 1)]
     phases = {
         "data": [m["batch_done"] - m["batch_start"] for m in steps],
         "forward": [m["forward"] - m["batch_done"] for m in steps],
@@ -93,80 +107,121 @@ def train_bundle(size: int, iterations: int, warmup: int, workdir: str) -> dict:
         "optimizer": [m["optimizer"] - m["backward"] for m in steps],
         "handlers": [e - m["optimizer"] for m, e in zip(steps, ends)],
     }
-    per_iter = [e - m["batch_start"] for m, e in zip(steps, ends)]
-    batch = parser["batch_size"]
+    per_iter = statistics.median(e - m["batch_start"] for m, e in zip(steps, ends))
     return {
-        "seconds_per_iteration": statistics.median(per_iter),
-        "samples_per_second": batch / statistics.median(per_iter),
+        "seconds_per_iteration": per_iter,
+        "samples_per_second": parser["batch_size"] / per_iter,
         "phases_median_s": {k: statistics.median(v) for k, v in phases.items()},
+        "epoch_end_seconds": epoch_end["end"] - epoch_end["start"],
         "peak_rss_mb": _rss_mb(),
     }
 
 
-def train_bare(size: int, iterations: int, warmup: int, workdir: str) -> dict:
-    import torch
-
-    parser = _parser("train.json", size, workdir)
-    net = parser.get_parsed_content("network_def").train()
-    optimizer = torch.optim.Adam(net.parameters(), lr=parser["learning_rate"])
-    batch, channels = parser["batch_size"], parser.get_parsed_content("mask_channels") + parser["image_channels"]
-    inputs, targets = torch.randn(batch, channels, size, size), torch.randn(batch, channels, size, size)
-    clean = torch.ones(batch, channels - parser["image_channels"], size, size)
-    timesteps = torch.randint(0, parser["num_train_timesteps"], (batch,))
+def train_bare(bundle: str, size: int, iterations: int, warmup: int, workdir: str) -> dict:
+    """The trainer's network, loss and optimiser on one pre-made batch: what the bundle would cost with free I/O."""
+    parser, trainer = _trainer(bundle, size, 1, workdir)
+    batch = next(iter(trainer.data_loader))
+    inputs, targets, args, kwargs = trainer.prepare_batch(batch, trainer.state.device, False)
+    network, optimizer, loss_function = trainer.network, trainer.optimizer, trainer.loss_function
+    network.train()
     times = []
     for i in range(iterations + warmup):
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.mse_loss(net(inputs, timesteps, clean), targets)
+        loss = loss_function(network(inputs, *args, **kwargs), targets)
         loss.backward()
         optimizer.step()
         if i >= warmup:
             times.append(time.perf_counter() - start)
+    per_iter = statistics.median(times)
     return {
-        "seconds_per_iteration": statistics.median(times),
-        "samples_per_second": batch / statistics.median(times),
+        "seconds_per_iteration": per_iter,
+        "samples_per_second": parser["batch_size"] / per_iter,
         "peak_rss_mb": _rss_mb(),
     }
 
 
-def sample_bundle(size: int, pairs: int, steps: int, workdir: str) -> dict:
-    from common.generation import generate_pairs
-
-    parser = _parser("inference.json", size, workdir, num_inference_steps=steps)
-    net = parser.get_parsed_content("network_def").eval()
-    start = time.perf_counter()
-    generate_pairs(
-        net,
-        parser.get_parsed_content("sampler"),
-        os.path.join(workdir, "pairs"),
-        pairs,
-        size,
-        batch_size=parser["batch_size"],
-        seed=0,
-    )
-    seconds = time.perf_counter() - start
-    return {"pairs_per_second": pairs / seconds, "peak_rss_mb": _rss_mb()}
-
-
-def sample_bare(size: int, pairs: int, steps: int, workdir: str) -> dict:
+def _sampling_run(bundle: str, size: int, steps: int, workdir: str, record: bool):
+    """Parse the inference config with untrained checkpoints in place. With ``record``, hooks keep every outermost
+    network call the sampler makes (whichever submodule it calls: PIG's calls the guider and the image model)."""
     import torch
 
-    parser = _parser("inference.json", size, workdir)
-    net = parser.get_parsed_content("network_def").eval()
-    batch = parser["batch_size"]
-    x, y = torch.randn(batch, 1, size, size), torch.randn(batch, 1, size, size)
-    t = torch.full((batch,), 500)
+    _, config, overrides = BUNDLES[bundle]
+    parser = _parser(bundle, config, size, workdir, num_inference_steps=steps, **overrides)
+    checkpoints = {"network_def": "ckpt_path", "segmenter_def": "segmenter_ckpt_path"}
+    for net_id, key in checkpoints.items():
+        if net_id in parser.config and key in parser.config:
+            path = os.path.join(workdir, f"{net_id}.pt")
+            torch.save(parser.get_parsed_content(net_id).state_dict(), path)
+            parser[key] = path
+    calls: list[tuple] = []
+    handles, depth = [], [0]
+
+    def enter(module, args, kwargs):
+        if depth[0] == 0:
+            keep = lambda v: v.detach().clone() if torch.is_tensor(v) else v  # noqa: E731
+            calls.append((module, tuple(map(keep, args)), {k: keep(v) for k, v in kwargs.items()},
+                          torch.is_grad_enabled()))  # fmt: skip
+        depth[0] += 1
+
+    def leave(module, args, kwargs, output):
+        depth[0] -= 1
+
+    for net_id in ("network", "classifier") if record else ():
+        module = parser.get_parsed_content(net_id) if net_id in parser.config else None
+        if isinstance(module, torch.nn.Module):
+            for sub in module.modules():
+                handles.append(sub.register_forward_pre_hook(enter, with_kwargs=True))
+                handles.append(sub.register_forward_hook(leave, with_kwargs=True))
+    return parser, calls, handles
+
+
+def _generated(workdir: str) -> int:
+    return len(list(Path(workdir, "out", "images").glob("*")))
+
+
+def sample_bundle(bundle: str, size: int, steps: int, workdir: str) -> dict:
+    parser, _, _ = _sampling_run(bundle, size, steps, workdir, record=False)
+    parser.get_parsed_content("network")  # checkpoint loading is start-up, not sampling
     start = time.perf_counter()
-    with torch.no_grad():
-        for _ in range((pairs + batch - 1) // batch):
-            for _ in range(steps):
-                net.guider_noise(x, y, t)
-                net.image_noise(x, y, t)
+    parser.get_parsed_content("run")
     seconds = time.perf_counter() - start
-    return {"pairs_per_second": pairs / seconds, "peak_rss_mb": _rss_mb()}
+    return {"pairs": _generated(workdir), "pairs_per_second": _generated(workdir) / seconds, "peak_rss_mb": _rss_mb()}
 
 
-MODES = {
+def sample_bare(bundle: str, size: int, steps: int, workdir: str) -> dict:
+    """Replay the bundle sampler's network calls on the recorded tensors (the floor a sampler can reach)."""
+    import torch
+
+    parser, calls, handles = _sampling_run(bundle, size, steps, workdir, record=True)
+    parser.get_parsed_content("run")  # records the calls (not timed)
+    for handle in handles:
+        handle.remove()
+    first = {}
+    for call in calls:
+        first.setdefault(id(call[0]), call)
+
+    def replay(module, args, kwargs, with_grad):
+        if with_grad:  # classifier guidance: the gradient of the logits with respect to the input
+            leaf = args[0].clone().requires_grad_(True)
+            out = module(leaf, *args[1:], **kwargs)
+            out = out[0] if isinstance(out, tuple) else out
+            torch.autograd.grad(out.float().sum(), leaf)
+        else:
+            with torch.no_grad():
+                module(*args, **kwargs)
+
+    for call in first.values():  # warm-up
+        replay(*call)
+    start = time.perf_counter()
+    for call in calls:
+        replay(*call)
+    seconds = time.perf_counter() - start
+    pairs = _generated(workdir)
+    return {"pairs": pairs, "pairs_per_second": pairs / seconds, "network_calls": len(calls), "peak_rss_mb": _rss_mb()}
+
+
+RUNNERS = {
     "train_bundle": train_bundle,
     "train_bare": train_bare,
     "sample_bundle": sample_bundle,
@@ -174,97 +229,92 @@ MODES = {
 }
 
 
-def measure(mode: str, size: int, args: argparse.Namespace) -> dict:
-    """Run one measurement in a subprocess and return its JSON."""
-    cmd = [
-        sys.executable,
-        __file__,
-        "--_mode",
-        mode,
-        "--sizes",
-        str(size),
-        "--iterations",
-        str(args.iterations),
-        "--warmup",
-        str(args.warmup),
-        "--pairs",
-        str(args.pairs),
-        "--steps",
-        str(args.steps),
-    ]
+def measure(bundle: str, mode: str, size: int, repeat: int, args: argparse.Namespace) -> dict:
+    """One measurement in a fresh subprocess; its JSON is kept in the workdir and reused on reruns."""
+    result = Path(args.workdir) / f"{bundle}_{size}_{mode}_{repeat}.json"
+    if result.is_file():
+        return json.loads(result.read_text())
+    cmd = [sys.executable, __file__, "--_measure", bundle, mode, str(size), "--iterations", str(args.iterations),
+           "--warmup", str(args.warmup), "--steps", str(args.steps)]  # fmt: skip
     out = subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    data = json.loads(out.strip().splitlines()[-1])
+    result.parent.mkdir(parents=True, exist_ok=True)
+    tmp = result.with_suffix(".partial")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, result)
+    return data
+
+
+def summarise(runs: dict[str, list[dict]]) -> dict:
+    med = {m: {k: statistics.median(r[k] for r in runs[m]) for k in runs[m][0] if not isinstance(runs[m][0][k], dict)}
+           for m in runs}  # fmt: skip
+    return {
+        "train_samples_per_s_bundle": med["train_bundle"]["samples_per_second"],
+        "train_samples_per_s_bare": med["train_bare"]["samples_per_second"],
+        "train_overhead_ratio": med["train_bare"]["samples_per_second"] / med["train_bundle"]["samples_per_second"],
+        "epoch_end_seconds": med["train_bundle"]["epoch_end_seconds"],
+        "sample_pairs_per_s_bundle": med["sample_bundle"]["pairs_per_second"],
+        "sample_pairs_per_s_bare": med["sample_bare"]["pairs_per_second"],
+        "sample_overhead_ratio": med["sample_bare"]["pairs_per_second"] / med["sample_bundle"]["pairs_per_second"],
+        "network_calls": med["sample_bare"]["network_calls"],
+        "train_peak_rss_mb": med["train_bundle"]["peak_rss_mb"],
+        "train_phase_seconds": {
+            k: statistics.median(r["phases_median_s"][k] for r in runs["train_bundle"])
+            for k in runs["train_bundle"][0]["phases_median_s"]
+        },
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default="runs/throughput")
+    parser.add_argument("--bundles", nargs="+", default=list(BUNDLES), choices=list(BUNDLES))
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
-    parser.add_argument("--iterations", type=int, default=40)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--pairs", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--iterations", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10, help="sampling steps per pair")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--_mode", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--_measure", nargs=3, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args._mode:
+    if args._measure:
+        bundle, mode, size = args._measure
         with tempfile.TemporaryDirectory() as workdir:
-            size = args.sizes[0]
-            kwargs = (
-                {"iterations": args.iterations, "warmup": args.warmup}
-                if args._mode.startswith("train")
-                else {"pairs": args.pairs, "steps": args.steps}
-            )
-            print(json.dumps(MODES[args._mode](size, workdir=workdir, **kwargs)))
+            train = {"iterations": args.iterations, "warmup": args.warmup}
+            kwargs = train if mode.startswith("train") else {"steps": args.steps}
+            print(json.dumps(RUNNERS[mode](bundle, int(size), workdir=workdir, **kwargs)))
         return
 
+    start = time.perf_counter()
     rows = {}
-    for size in args.sizes:
-        runs = {mode: [] for mode in MODES}
-        for r in range(args.repeats):
-            order = list(MODES) if r % 2 == 0 else list(MODES)[::-1]
-            for mode in order:
-                runs[mode].append(measure(mode, size, args))
-                print(f"size {size} repeat {r + 1}/{args.repeats} {mode}: {runs[mode][-1]}", flush=True)
-        med = {
-            m: {k: statistics.median(v[k] for v in vals) for k in vals[0] if not isinstance(vals[0][k], dict)}
-            for m, vals in runs.items()
-        }
-        phases = {
-            k: statistics.median(v["phases_median_s"][k] for v in runs["train_bundle"])
-            for k in runs["train_bundle"][0]["phases_median_s"]
-        }
-        rows[size] = {
-            "train_samples_per_s_bundle": med["train_bundle"]["samples_per_second"],
-            "train_samples_per_s_bare": med["train_bare"]["samples_per_second"],
-            "train_overhead_ratio": med["train_bare"]["samples_per_second"] / med["train_bundle"]["samples_per_second"],
-            "sample_pairs_per_s_bundle": med["sample_bundle"]["pairs_per_second"],
-            "sample_pairs_per_s_bare": med["sample_bare"]["pairs_per_second"],
-            "sample_overhead_ratio": med["sample_bare"]["pairs_per_second"] / med["sample_bundle"]["pairs_per_second"],
-            "train_peak_rss_mb": med["train_bundle"]["peak_rss_mb"],
-            "train_phase_seconds": phases,
-        }
+    for bundle in args.bundles:
+        for size in args.sizes:
+            runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
+            for r in range(args.repeats):
+                for mode in MODES if r % 2 == 0 else MODES[::-1]:
+                    runs[mode].append(measure(bundle, mode, size, r, args))
+                    print(f"{bundle} {size} repeat {r + 1}/{args.repeats} {mode}: {runs[mode][-1]}", flush=True)
+            rows[f"{bundle}@{size}"] = summarise(runs)
     lines = [
-        "| size | train samples/s bundle | bare | overhead | pairs/s bundle | bare | overhead | train RSS MB |",
-        "|---|---|---|---|---|---|---|---|",
+        "| bundle | size | train samples/s bundle | bare | overhead | epoch-end s | pairs/s bundle | bare | overhead "
+        "| train peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for size, r in rows.items():
+    for key, r in rows.items():
+        bundle, size = key.split("@")
         lines.append(
-            f"| {size} | {r['train_samples_per_s_bundle']:.1f} | {r['train_samples_per_s_bare']:.1f} | "
-            f"{r['train_overhead_ratio']:.2f} | {r['sample_pairs_per_s_bundle']:.2f} | "
-            f"{r['sample_pairs_per_s_bare']:.2f} | {r['sample_overhead_ratio']:.2f} | "
-            f"{r['train_peak_rss_mb']:.0f} |"
+            f"| {bundle} | {size} | {r['train_samples_per_s_bundle']:.1f} | {r['train_samples_per_s_bare']:.1f} | "
+            f"{r['train_overhead_ratio']:.2f} | {r['epoch_end_seconds']:.2f} | {r['sample_pairs_per_s_bundle']:.2f} | "
+            f"{r['sample_pairs_per_s_bare']:.2f} | {r['sample_overhead_ratio']:.2f} | {r['train_peak_rss_mb']:.0f} |"
         )
-    for size, r in rows.items():
-        lines.append(
-            f"\nsize {size}, bundle iteration by phase (median s): "
-            + ", ".join(f"{k} {v:.4f}" for k, v in r["train_phase_seconds"].items())
-        )
+    lines.append("\nbundle iteration by phase (median seconds):\n")
+    for key, r in rows.items():
+        lines.append(f"- {key}: " + ", ".join(f"{k} {v:.4f}" for k, v in r["train_phase_seconds"].items()))
+    lines.append(f"\nwall time of this invocation: {(time.perf_counter() - start) / 60:.1f} min")
     text = "\n".join(lines)
     print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"settings": vars(args), "results": rows}, indent=2))
+    Path(args.workdir, "summary.md").write_text(text + "\n")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "throughput.json").write_text(json.dumps({"settings": vars(args), "results": rows}, indent=2))
 
 
 if __name__ == "__main__":
