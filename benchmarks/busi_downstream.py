@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.bundle_runner import run_bundle  # noqa: E402
 from common.seg_eval import run_segmentation_evaluation  # noqa: E402
 
 CONFIGS = REPO / "bundles" / "pig" / "configs"
@@ -36,10 +36,7 @@ REPORTED = ("dice", "iou", "precision", "recall", "hd95", "assd")
 
 
 def bundle(configs: list[str], *overrides: str) -> None:
-    files = "[" + ",".join(f"'{CONFIGS / c}'" for c in configs) + "]"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, *overrides]
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, cwd=REPO, check=True)
+    run_bundle([CONFIGS / c for c in configs], *overrides)
 
 
 def complete(folder: Path, count: int) -> bool:

@@ -23,12 +23,15 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.bundle_runner import run_bundle  # noqa: E402
+
 CONFIGS = REPO / "bundles" / "ct_semantic_synthesis" / "configs"
 RESULTS = REPO / "benchmarks" / "results"
 DIFFUSION = ("conditional", "mask_guided", "edge_guided", "sdm")
@@ -36,10 +39,7 @@ NUM_CLASSES = "14"  # classmap.json: background + 13 organs
 
 
 def stage(config: str, extra: list[str], *overrides: str) -> None:
-    files = "[" + ",".join(f"'{p}'" for p in [CONFIGS / config, *extra]) + "]"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, *overrides]
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, cwd=REPO, check=True)
+    run_bundle([CONFIGS / config, *extra], *overrides)
 
 
 def complete(folder: Path) -> bool:

@@ -19,21 +19,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.bundle_runner import run_bundle  # noqa: E402
+
 CONFIGS = REPO / "bundles" / "diffboost" / "configs"
 RESULTS = REPO / "benchmarks" / "results"
 
 
 def stage(configs: list[str], extra: list[str], *overrides: str) -> None:
-    files = "[" + ",".join(f"'{p}'" for p in [*(CONFIGS / c for c in configs), *extra]) + "]"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, *overrides]
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, cwd=REPO, check=True)
+    run_bundle([*(CONFIGS / c for c in configs), *extra], *overrides)
 
 
 def main() -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from fractions import Fraction
@@ -27,6 +26,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from benchmarks.bundle_runner import run_bundle  # noqa: E402
 
 CONFIGS = REPO / "bundles" / "diffuse_expand" / "configs"
 RESULTS = REPO / "benchmarks" / "results"
@@ -38,10 +39,7 @@ def tau_name(tau: str) -> str:
 
 
 def stage(config: str, extra: list[str], *overrides: str) -> None:
-    files = "[" + ",".join(f"'{p}'" for p in [CONFIGS / config, *extra]) + "]"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, *overrides]
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, cwd=REPO, check=True)
+    run_bundle([CONFIGS / config, *extra], *overrides)
 
 
 def complete(folder: Path, count: int | None = None) -> bool:

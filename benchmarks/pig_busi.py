@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -23,6 +22,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.bundle_runner import run_bundle  # noqa: E402
 from common.data import load_dataset  # noqa: E402
 from common.metrics import compare_statistics, pair_statistics  # noqa: E402
 from common.writers import PairWriter  # noqa: E402
@@ -31,9 +31,7 @@ CONFIGS = REPO / "bundles" / "pig" / "configs"
 
 
 def bundle(config: str, *overrides: str) -> None:
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / config), *overrides]
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, cwd=REPO, check=True)
+    run_bundle([CONFIGS / config], *overrides)
 
 
 def loss_curve(history: Path) -> list[tuple[int, float, float]]:
