@@ -1,0 +1,146 @@
+"""Quality of PIG's pairs against CPU minutes of training, for the default config and candidate overlays (issue 8).
+
+    OMP_NUM_THREADS=2 python benchmarks/time_to_quality.py --workdir runs/time_to_quality --max_pairs 50 \\
+        --arms default fast=path/to/overlay.json --epochs 12 --iterations_per_epoch 100
+
+Each arm trains ``bundles/pig/configs/train.json`` (+ its overlay) on the same real pairs, one epoch per bundle run
+(training resumes from the last checkpoint, so the curve costs no extra training), and after every epoch samples
+``--num_pairs`` pairs from the EMA weights and scores them against the real pairs with the DESIGN §5 checks:
+
+* ``area_w1``: Wasserstein-1 distance between the generated and real mask-area distributions;
+* ``empty_gap``, ``mean_gap``, ``std_gap``: |generated - real| of the empty-mask fraction and image mean / std;
+* ``fid`` against the real training images when the optional Inception wheel is installed (biased upwards at 64
+  images: compare arms, not published values).
+
+The x axis is training minutes: per epoch, the iterations' time as recorded by the trainer's own loss history
+(start-up, sampling and scoring excluded). "Minutes to quality" is the first
+point where every check is within ``--tolerance``. One JSON per (arm, epoch) in ``--workdir``, skipped when present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.bundle_runner import run_bundle  # noqa: E402
+
+CONFIGS = REPO / "bundles" / "pig" / "configs"
+RESULTS = REPO / "benchmarks" / "results"
+CHECKS = ("area_w1", "empty_gap", "mean_gap", "std_gap")
+
+
+def epoch_record(history: Path, epoch: int) -> tuple[float, float]:
+    """(training seconds of ``epoch``, its mean loss) from the trainer's loss history: first to last iteration plus
+    one mean iteration, so the start-up that one-epoch-per-run repeats (imports, data loading) is not counted."""
+    rows = [r for r in csv.DictReader(history.open()) if int(r["epoch"]) == epoch]
+    first, last = float(rows[0]["seconds"]), float(rows[-1]["seconds"])
+    seconds = (last - first) * len(rows) / (len(rows) - 1) if len(rows) > 1 else last
+    return seconds, sum(float(r["loss"]) for r in rows) / len(rows)
+
+
+def quality(generated: Path, real: list, num_pairs: int, fid: bool) -> dict:
+    import numpy as np
+    from scipy.stats import wasserstein_distance
+
+    from common.metrics import compute_fid, pair_statistics
+    from common.writers import PairWriter
+
+    writer = PairWriter(str(generated))
+    images, labels = map(np.stack, zip(*(writer.read(i) for i in range(num_pairs))))
+    real_images, real_labels = np.stack([p["image"] for p in real]), np.stack([p["label"] for p in real])
+    fake, truth = pair_statistics(images, labels), pair_statistics(real_images, real_labels)
+    area = lambda labels: (labels.reshape(len(labels), -1) > 0).mean(axis=1)  # noqa: E731
+    result = {
+        "area_w1": float(wasserstein_distance(area(labels), area(real_labels))),
+        "empty_gap": abs(fake["empty_fraction"] - truth["empty_fraction"]),
+        "mean_gap": abs(fake["image_mean"] - truth["image_mean"]),
+        "std_gap": abs(fake["image_std"] - truth["image_std"]),
+        "mask_area_mean": fake["mask_area_mean"],
+        "empty_fraction": fake["empty_fraction"],
+    }
+    if fid:
+        result["fid"] = compute_fid(images.astype(np.float32), real_images.astype(np.float32))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default="runs/time_to_quality")
+    parser.add_argument("--dataset_dir", default=str(REPO.parent / "shared" / "data" / "busi"))
+    parser.add_argument("--max_pairs", type=int, default=None, help="few-shot: a seeded subset of the train split")
+    parser.add_argument("--arms", nargs="+", default=["default"], help="'default' or name=overlay.json")
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--iterations_per_epoch", type=int, default=100)
+    parser.add_argument("--num_pairs", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=25, help="DDIM steps of the evaluation samples")
+    parser.add_argument("--tolerance", type=float, default=0.03, help="every check within this counts as 'quality'")
+    parser.add_argument("--fid", action="store_true", help="also FID (needs requirements-fid.txt)")
+    args = parser.parse_args()
+
+    from common.data import load_dataset
+
+    work = Path(args.workdir).resolve()
+    start = time.perf_counter()
+    real = load_dataset(args.dataset_dir, split="train", image_size=64, max_pairs=args.max_pairs, seed=0)
+    data = ["--dataset_dir", args.dataset_dir] + (["--max_pairs", str(args.max_pairs)] if args.max_pairs else [])
+    curves: dict[str, list[dict]] = {}
+    for arm in args.arms:
+        name, _, overlay = arm.partition("=")
+        overlays = [Path(overlay).resolve()] if overlay else []  # applied to training and sampling alike
+        root, minutes = work / name, 0.0
+        curves[name] = []
+        for epoch in range(1, args.epochs + 1):
+            result_file = root / f"epoch_{epoch:03d}.json"
+            if not result_file.is_file():
+                outputs = ["--ckpt_dir", str(root / "models"), "--output_dir", str(root / "train")]
+                schedule = ["--iterations_per_epoch", str(args.iterations_per_epoch), "--max_epochs", str(epoch)]
+                schedule += ["--preview_interval", "0", "--seed", "0"]
+                run_bundle([CONFIGS / "train.json", *overlays], *data, *outputs, *schedule)
+                seconds, loss = epoch_record(root / "train" / "loss_history.csv", epoch)
+                samples = root / f"samples_{epoch:03d}"
+                sampling = ["--num_pairs", str(args.num_pairs), "--num_inference_steps", str(args.steps)]
+                outputs = ["--ckpt_dir", str(root / "models"), "--output_dir", str(samples)]
+                run_bundle([CONFIGS / "inference.json", *overlays], *outputs, *sampling)
+                row = {"epoch": epoch, "iterations": epoch * args.iterations_per_epoch, "epoch_seconds": seconds,
+                       "loss": loss, **quality(samples, real, args.num_pairs, args.fid)}  # fmt: skip
+                root.mkdir(parents=True, exist_ok=True)
+                tmp = result_file.with_suffix(".partial")
+                tmp.write_text(json.dumps(row, indent=1))
+                os.replace(tmp, result_file)
+            row = json.loads(result_file.read_text())
+            minutes += row["epoch_seconds"] / 60
+            curves[name].append({**row, "minutes": minutes})
+            print(name, curves[name][-1], flush=True)
+
+    lines = []
+    for name, rows in curves.items():
+        reached = next((r for r in rows if all(r[c] <= args.tolerance for c in CHECKS)), None)
+        when = f"{reached['minutes']:.1f} min ({reached['iterations']} iterations)" if reached else "not reached"
+        lines += [f"## {name}: all checks within {args.tolerance} at {when}", ""]
+        columns = ["iterations", "minutes", "loss", *CHECKS, "mask_area_mean", "empty_fraction"]
+        columns += ["fid"] if args.fid else []
+        lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        for r in rows:
+            lines.append(
+                "| " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in columns) + " |"
+            )
+        lines.append("")
+    lines.append(f"wall time of this invocation: {(time.perf_counter() - start) / 60:.1f} min")
+    text = "\n".join(lines)
+    print(text)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "summary.md").write_text(text + "\n")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "time_to_quality.json").write_text(json.dumps({"settings": vars(args), "curves": curves}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
