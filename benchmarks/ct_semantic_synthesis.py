@@ -42,6 +42,12 @@ def stage(config: str, extra: list[str], *overrides: str) -> None:
     run_bundle([CONFIGS / config, *extra], *overrides)
 
 
+def evaluated_methods(folder: Path) -> set[str]:
+    """The methods (and the 'real' ceiling row) an evaluation folder holds results for; empty when none."""
+    results = folder / "results.json"
+    return set(json.loads(results.read_text())["methods"]) if results.is_file() else set()
+
+
 def complete(folder: Path) -> bool:
     return (folder / "datalist.json").is_file()
 
@@ -151,7 +157,7 @@ def main() -> None:
             if not methods:
                 continue
             out = work / f"eval_it{budget}_{scan}"
-            if not (out / "results.json").is_file():
+            if evaluated_methods(out) != set(methods) | {"real"}:  # new or changed methods: score again
                 stage(
                     "evaluate.json",
                     extra,
