@@ -28,7 +28,8 @@ CASES = [
 SHORT = {"max_epochs": 1, "iterations_per_epoch": 2, "preview_interval": 0}
 SAVE_WEIGHTS = {
     "finalize": [
-        "$torch.save(@network.state_dict(), f'{@output_dir}/weights_rank{common.distributed.rank()}.pt')",
+        "$torch.save(@network.state_dict(), "
+        "os.path.join(@output_dir, 'weights_rank' + str(common.distributed.rank()) + '.pt'))",
         "$common.distributed.destroy_process_group()",
     ]
 }
