@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from common.errors import InputError
+from common.errors import InputError, first_line
 
 __all__ = ["load_weights"]
 
@@ -33,6 +33,5 @@ def load_weights(network: nn.Module, path: str, key: str = "network", strict: bo
     try:
         network.load_state_dict(state, strict=strict)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"checkpoint '{path}' does not match the configured network ({first}).") from exc
+        raise InputError(f"checkpoint '{path}' does not match the configured network ({first_line(exc)}).") from exc
     return network

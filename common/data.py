@@ -31,7 +31,7 @@ from monai.data import NibabelReader, PILReader, PydicomReader, create_test_imag
 from monai.data.meta_tensor import MetaTensor
 from monai.transforms import LoadImage, Orientation
 
-from common.errors import InputError
+from common.errors import InputError, first_line
 from common.transforms import (
     percentile_range,
     resize_image,
@@ -153,7 +153,7 @@ def _read_json(path: Path, what: str) -> Any:
         with open(path) as f:
             return json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{what} '{path}' is not readable JSON ({_first_line(exc)}).") from exc
+        raise DataError(f"{what} '{path}' is not readable JSON ({first_line(exc)}).") from exc
 
 
 def _split_names(dataset_dir: Path, split: str) -> list[str]:
@@ -308,11 +308,6 @@ def build_datalist(
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__).rstrip(".")
-
-
 def _to_grey(image: Any) -> Any:
     """PIL converter for images: colour and palette modes to 8-bit luma; 16-bit and float modes are kept."""
     return image.convert("L") if image.mode in ("RGB", "RGBA", "RGBX", "LA", "P", "PA", "CMYK", "YCbCr") else image
@@ -347,7 +342,7 @@ def _read(path: str, role: str) -> tuple[MetaTensor, str]:
             warnings.filterwarnings("ignore", message=".*nvImageCodec")  # optional GPU decoder; pydicom decodes
             data = _loader(fmt, role)(path)
     except Exception as exc:  # readers raise many types (OSError, ImageFileError, InvalidDicomError, IndexError...)
-        raise DataError(f"{role} '{path}' could not be read as {_FORMAT_NAMES[fmt]} ({_first_line(exc)}).") from exc
+        raise DataError(f"{role} '{path}' could not be read as {_FORMAT_NAMES[fmt]} ({first_line(exc)}).") from exc
     if fmt == "dicom" and not os.path.isdir(path) and data.ndim == 4 and int(_dicom_tag(data, "00280002", 1)) > 1:
         # single-file colour DICOM (e.g. ultrasound): samples are the last axis of the stored (rows, cols, samples)
         data = MetaTensor(rgb_to_grey(np.asarray(data.array)[0])[None], meta=data.meta)

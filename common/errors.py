@@ -17,6 +17,7 @@ __all__ = [
     "OutputError",
     "WRITE_ERRNOS",
     "find_input_error",
+    "first_line",
     "install_excepthook",
     "as_flag",
     "EXIT_INPUT_ERROR",
@@ -35,6 +36,12 @@ class OutputError(InputError):
 
 # errno values that mean "this output cannot be written here": reported like bad input, in one sentence
 WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when empty), for one-sentence errors."""
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__).rstrip(".")
 
 
 def as_flag(value: object, key: str) -> bool:

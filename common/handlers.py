@@ -1,7 +1,7 @@
 """Ignite handlers shared by the bundles' training configs.
 
-* :class:`TrainingCheckpointer` checkpoints (atomically, with ignite's ``Checkpoint``) and resumes (MONAI's
-  ``CheckpointLoader``) the engine it is attached to, so a config can save the trainer's own state (iteration,
+* :class:`TrainingCheckpointer` checkpoints (atomically, with ignite's ``Checkpoint``) and resumes (reading the
+  checkpoint once) the engine it is attached to, so a config can save the trainer's own state (iteration,
   optimizer) without the circular reference ``trainer -> handlers -> trainer``.
 * :class:`LossHistoryHandler` keeps a CSV of the loss per iteration with wall-clock time (loss curves for the notes).
 * :class:`PairPreviewHandler` samples a few pairs every few epochs and saves a preview grid: the "validation samples"
@@ -22,10 +22,9 @@ from typing import Any, Callable
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
-from monai.handlers import CheckpointLoader
 
 from common.distributed import is_main_process
-from common.errors import InputError, OutputError
+from common.errors import InputError, OutputError, first_line
 from common.generation import pair_noise
 from common.transforms import decode_mask, mask_channels
 from common.writers import atomic_path, save_preview_grid
@@ -54,20 +53,15 @@ class _AtomicDiskSaver(DiskSaver):
             super().__call__(checkpoint, filename, metadata)
         except Exception as exc:
             path = os.path.join(self.dirname, filename)
-            raise OutputError(f"could not write checkpoint '{path}' ({_first_line(exc)}); is the disk full?") from exc
+            raise OutputError(f"could not write checkpoint '{path}' ({first_line(exc)}); is the disk full?") from exc
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _check_resumable(path: str, network: torch.nn.Module) -> None:
-    """A checkpoint left in ``ckpt_dir`` must be readable plain weights of this very network."""
+def _load_resumable(path: str, network: torch.nn.Module) -> Mapping:
+    """The checkpoint left in ``ckpt_dir``, read once, after checking it is plain weights of this very network."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise InputError(f"checkpoint '{path}' could not be read ({_first_line(exc)}); delete it to restart.") from exc
+        raise InputError(f"checkpoint '{path}' could not be read ({first_line(exc)}); delete it to restart.") from exc
     weights = state.get("network") if isinstance(state, Mapping) else None
     expected = network.state_dict()
     if not isinstance(weights, Mapping) or {k: tuple(v.shape) for k, v in weights.items()} != {
@@ -77,6 +71,7 @@ def _check_resumable(path: str, network: torch.nn.Module) -> None:
             f"checkpoint '{path}' in ckpt_dir was written by a different network configuration; "
             "choose another ckpt_dir or set resume to false."
         )
+    return state
 
 
 class TrainingCheckpointer:
@@ -113,9 +108,9 @@ class TrainingCheckpointer:
         state = {"network": self.network, "optimizer": self.optimizer, "trainer": engine, **self.extra}
         previous = latest_checkpoint(self.ckpt_dir) if self.resume else None
         if previous is not None:
-            _check_resumable(previous, self.network)
+            checkpoint = _load_resumable(previous, self.network)
             logger.info("resuming from %s", previous)
-            CheckpointLoader(load_path=previous, load_dict=state, map_location=str(engine.state.device)).attach(engine)
+            engine.add_event_handler(Events.STARTED, self._restore, state, checkpoint, previous)
         saver = Checkpoint(
             state,
             _AtomicDiskSaver(self.ckpt_dir, require_empty=False, atomic=True),
@@ -126,6 +121,18 @@ class TrainingCheckpointer:
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=max(1, int(self.save_interval))), saver)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=max(1, int(self.save_interval))), self.prune)
         engine.add_event_handler(Events.COMPLETED, self.save_final)
+
+    @staticmethod
+    def _restore(engine: Engine, state: dict[str, Any], checkpoint: Mapping, path: str) -> None:
+        """Load every object's state when the run starts; the configured max_epochs wins over the saved one."""
+        max_epochs = engine.state.max_epochs
+        Checkpoint.load_objects(to_load=state, checkpoint=checkpoint)
+        if max_epochs is not None and engine.state.epoch > max_epochs:
+            raise InputError(
+                f"checkpoint '{path}' has {engine.state.epoch} epochs, more than max_epochs={max_epochs}; "
+                "raise max_epochs or choose another ckpt_dir."
+            )
+        engine.state.max_epochs = max_epochs
 
     def prune(self, engine: Engine) -> None:
         """Remove checkpoints older than the one just saved (also those a killed earlier run left)."""
@@ -146,7 +153,7 @@ class TrainingCheckpointer:
             with atomic_path(path) as tmp:
                 torch.save(getattr(model, "module", model).state_dict(), tmp)
         except OSError as exc:
-            raise OutputError(f"could not write '{path}' ({_first_line(exc)}); is the disk full?") from exc
+            raise OutputError(f"could not write '{path}' ({first_line(exc)}); is the disk full?") from exc
 
 
 class LossHistoryHandler:

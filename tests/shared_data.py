@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from monai.bundle import ConfigParser
 
-__all__ = ["DATA", "REPO", "needs", "config_parser", "user_error"]
+__all__ = ["DATA", "REPO", "needs", "config_parser", "untrained_checkpoint", "user_error"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,6 +36,16 @@ def config_parser(*files) -> ConfigParser:
     parser = ConfigParser()
     parser.read_config([str(f) for f in files])
     return parser
+
+
+def untrained_checkpoint(ckpt_dir: Path, *config_files) -> Path:
+    """What training leaves in ``ckpt_dir``, without training: the configured ``network_def``'s weights as model.pt."""
+    import torch
+
+    network = config_parser(*config_files).get_parsed_content("network_def")
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(network.state_dict(), ckpt_dir / "model.pt")
+    return ckpt_dir / "model.pt"
 
 
 def user_error(result: subprocess.CompletedProcess) -> str:

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.shared_data import REPO, config_parser, user_error
+from tests.shared_data import REPO, untrained_checkpoint, user_error
 
 CONFIGS = REPO / "bundles" / "pig" / "configs"
 TINY = REPO / "tests" / "configs" / "pig_tiny.json"
@@ -53,11 +53,7 @@ def pairs_folder(root: Path, names=("a", "b")) -> Path:
 
 
 def untrained_model(tmp_path: Path) -> Path:
-    """What training leaves in ckpt_dir, without training: the configured network's weights as model.pt."""
-    network = config_parser(CONFIGS / "inference.json", TINY).get_parsed_content("network_def")
-    (tmp_path / "models").mkdir(exist_ok=True)
-    torch.save(network.state_dict(), tmp_path / "models" / "model.pt")
-    return tmp_path / "models" / "model.pt"
+    return untrained_checkpoint(tmp_path / "models", CONFIGS / "inference.json", TINY)
 
 
 def nothing_written(tmp_path: Path) -> bool:

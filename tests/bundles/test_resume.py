@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from tests.shared_data import REPO, config_parser
+from tests.shared_data import REPO, untrained_checkpoint
 
 CONFIGS = REPO / "bundles" / "pig" / "configs"
 TINY = REPO / "tests" / "configs" / "pig_tiny.json"
@@ -73,9 +73,7 @@ def test_killed_training_resumes_iteration_and_optimizer_state(tmp_path):
 
 
 def test_killed_generation_writes_only_the_missing_pairs(tmp_path):
-    network = config_parser(CONFIGS / "inference.json", TINY).get_parsed_content("network_def")
-    (tmp_path / "models").mkdir()
-    torch.save(network.state_dict(), tmp_path / "models" / "model.pt")
+    untrained_checkpoint(tmp_path / "models", CONFIGS / "inference.json", TINY)
     pairs, total = tmp_path / "pairs", 96
     cmd = command(
         "inference.json", "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(pairs),
