@@ -157,7 +157,13 @@ class TrainingCheckpointer:
 
 
 class LossHistoryHandler:
-    """Append ``iteration,epoch,loss,seconds`` per iteration to a CSV (flushed every epoch; appends on resume)."""
+    """Append ``iteration,epoch,loss,seconds`` per iteration to a CSV, flushed every epoch.
+
+    On resume the history continues: rows a killed run wrote after its last checkpoint (iterations this run trains
+    again) are dropped once, atomically, and ``seconds`` carries on from the last kept row: one run.
+    """
+
+    HEADER = ("iteration", "epoch", "loss", "seconds")
 
     def __init__(self, path: str, output_transform: Callable[[Any], float] | None = None) -> None:
         self.path = path
@@ -166,17 +172,36 @@ class LossHistoryHandler:
         )
         self._rows: list[tuple] = []
         self._start = time.perf_counter()
+        self._seconds_offset = 0.0
+        self._reconciled = False
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._record)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._flush)
 
     def _record(self, engine: Engine) -> None:
+        if not self._reconciled:
+            self._reconcile(first_iteration=engine.state.iteration)
         loss = self.output_transform(engine.state.output)
         loss = float(loss.item() if torch.is_tensor(loss) else loss)
-        self._rows.append(
-            (engine.state.iteration, engine.state.epoch, f"{loss:.6f}", f"{time.perf_counter() - self._start:.2f}")
-        )
+        seconds = self._seconds_offset + time.perf_counter() - self._start
+        self._rows.append((engine.state.iteration, engine.state.epoch, f"{loss:.6f}", f"{seconds:.2f}"))
+
+    def _reconcile(self, first_iteration: int) -> None:
+        """Keep only the existing rows before ``first_iteration`` (the first iteration this run records)."""
+        self._reconciled = True
+        if not os.path.exists(self.path):
+            return
+        with open(self.path, newline="") as f:
+            rows = [row for row in csv.reader(f)][1:]
+        kept = [row for row in rows if len(row) == len(self.HEADER) and int(row[0]) < first_iteration]
+        if kept:
+            self._seconds_offset = float(kept[-1][3])
+        if len(kept) != len(rows):
+            with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(self.HEADER)
+                writer.writerows(kept)
 
     def _flush(self, engine: Engine) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
@@ -184,7 +209,7 @@ class LossHistoryHandler:
         with open(self.path, "a", newline="") as f:
             writer = csv.writer(f)
             if new_file:
-                writer.writerow(("iteration", "epoch", "loss", "seconds"))
+                writer.writerow(self.HEADER)
             writer.writerows(self._rows)
         self._rows.clear()
 

@@ -3,6 +3,7 @@ generation writes only the missing pairs; no datalist ever names a missing or pa
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -70,6 +71,12 @@ def test_killed_training_resumes_iteration_and_optimizer_state(tmp_path):
     assert steps == {epochs * per_epoch}
     assert checkpoint_epochs(models) == [epochs], "older checkpoints are pruned"
     assert (models / "model.pt").is_file()
+    with open(tmp_path / "out" / "loss_history.csv") as f:
+        history = list(csv.DictReader(f))
+    iterations = [int(row["iteration"]) for row in history]
+    assert iterations == list(range(1, epochs * per_epoch + 1)), "one history row per iteration, none repeated"
+    seconds = [float(row["seconds"]) for row in history]
+    assert seconds == sorted(seconds), "elapsed time continues across the resume"
 
 
 def test_killed_generation_writes_only_the_missing_pairs(tmp_path):
