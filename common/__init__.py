@@ -26,6 +26,7 @@ __all__ = [
     "losses",
     "metrics",
     "noisy_segmenter",
+    "overrides",
     "paired_model",
     "patch_mixing",
     "pix2pix",

@@ -66,6 +66,12 @@ def test_missing_dataset_dir(tmp_path):
     assert nothing_written(tmp_path) and not (tmp_path / "models").exists()
 
 
+def test_misspelt_override_key(tmp_path):
+    message = user_error(train(tmp_path, "--max_epoch", "1"))  # max_epochs
+    assert "'--max_epoch'" in message
+    assert nothing_written(tmp_path) and not (tmp_path / "models").exists()
+
+
 def test_image_without_mask(tmp_path):
     data = pairs_folder(tmp_path / "data")
     os.remove(data / "masks" / "b.png")
