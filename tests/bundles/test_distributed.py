@@ -14,15 +14,15 @@ import torch
 
 from tests.shared_data import REPO
 
-# (bundle, training config, tiny overlay, loss is a mean over samples). DDP averages the ranks' losses, which equals
+# (bundle, training config, tiny overlay, its batch-size key, loss is a mean over samples). DDP averages the ranks' losses, which equals
 # the global-batch loss only for per-sample means; DiffuseExpand's Stage II loss averages its Dice + BCE over the image
 # samples of the batch, a count that differs between the halves, so there only rank agreement is checked.
 CASES = [
-    ("pig", "train.json", "pig_tiny.json", True),
-    ("diffuse_expand", "train_dpm.json", "diffuse_expand_tiny.json", True),
-    ("diffuse_expand", "train_segmenter.json", "diffuse_expand_tiny.json", False),
-    ("diffboost", "train.json", "diffboost_tiny.json", True),
-    ("ct_semantic_synthesis", "train.json", "ct_semantic_tiny.json", True),
+    ("pig", "train.json", "pig_tiny.json", "batch_size", True),
+    ("diffuse_expand", "train_dpm.json", "diffuse_expand_tiny.json", "batch_size", True),
+    ("diffuse_expand", "train_segmenter.json", "diffuse_expand_tiny.json", "segmenter_batch_size", False),
+    ("diffboost", "train.json", "diffboost_tiny.json", "batch_size", True),
+    ("ct_semantic_synthesis", "train.json", "ct_semantic_tiny.json", "batch_size", True),
 ]
 # one epoch of 2 optimiser steps on a global batch of 4, no previews; each process saves its weights when done
 SHORT = {"max_epochs": 1, "iterations_per_epoch": 2, "preview_interval": 0}
@@ -35,26 +35,27 @@ SAVE_WEIGHTS = {
 }
 
 
-def launch(launcher: list[str], files: list[Path], root: Path, batch_size: int) -> subprocess.CompletedProcess:
+def launch(launcher: list[str], files: list[Path], root: Path, batch: tuple[str, int]) -> subprocess.CompletedProcess:
+    """Runs ``monai.bundle run`` with ``batch`` = (batch-size key, value) on the command line; only keys the
+    configs define are accepted there (common.overrides)."""
     config = "[" + ",".join(f"'{f}'" for f in files) + "]"
-    overrides = ["--output_dir", str(root / "out"), "--ckpt_dir", str(root / "models")]
-    overrides += ["--batch_size", str(batch_size), "--segmenter_batch_size", str(batch_size)]
+    overrides = ["--output_dir", str(root / "out"), "--ckpt_dir", str(root / "models"), f"--{batch[0]}", str(batch[1])]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [*launcher, "-m", "monai.bundle", "run", "--config_file", config, *overrides]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
 
 
-@pytest.mark.parametrize("bundle,train,tiny,per_sample_loss", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
-def test_two_processes_match_one_process_on_the_global_batch(bundle, train, tiny, per_sample_loss, tmp_path):
+@pytest.mark.parametrize("bundle,train,tiny,batch_key,per_sample_loss", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
+def test_two_processes_match_one_process_on_the_global_batch(bundle, train, tiny, batch_key, per_sample_loss, tmp_path):
     configs = REPO / "bundles" / bundle / "configs"
     overlay = tmp_path / "short.json"
     overlay.write_text(json.dumps({**SHORT, **SAVE_WEIGHTS}))
     base = [configs / train, REPO / "tests" / "configs" / tiny, overlay]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 
-    ddp = launch(torchrun, [*base[:2], configs / "multi_gpu_train.json", overlay], tmp_path / "ddp", batch_size=2)
+    ddp = launch(torchrun, [*base[:2], configs / "multi_gpu_train.json", overlay], tmp_path / "ddp", (batch_key, 2))
     assert ddp.returncode == 0, ddp.stderr[-4000:]
-    single = launch([sys.executable], base, tmp_path / "single", batch_size=4)
+    single = launch([sys.executable], base, tmp_path / "single", (batch_key, 4))
     assert single.returncode == 0, single.stderr[-4000:]
 
     rank0, rank1 = (torch.load(tmp_path / "ddp" / "out" / f"weights_rank{r}.pt", weights_only=True) for r in (0, 1))
