@@ -14,9 +14,10 @@ import torch
 
 from tests.shared_data import REPO
 
-# (bundle, training config, tiny overlay, its batch-size key, loss is a mean over samples). DDP averages the ranks' losses, which equals
-# the global-batch loss only for per-sample means; DiffuseExpand's Stage II loss averages its Dice + BCE over the image
-# samples of the batch, a count that differs between the halves, so there only rank agreement is checked.
+# (bundle, training config, tiny overlay, its batch-size key, loss is a mean over samples). DDP averages the ranks'
+# losses, which equals the global-batch loss only for per-sample means; DiffuseExpand's Stage II loss averages its
+# Dice + BCE over the image samples of the batch, a count that differs between the halves, so there only rank
+# agreement is checked.
 CASES = [
     ("pig", "train.json", "pig_tiny.json", "batch_size", True),
     ("diffuse_expand", "train_dpm.json", "diffuse_expand_tiny.json", "batch_size", True),
