@@ -56,11 +56,13 @@ def build_text_edge_model(
     text_dim: int = 64,
     max_length: int = 16,
     edge_embedding_channels: Sequence[int] = (16,),
+    use_flash_attention: bool = False,
 ) -> TextEdgeDiffusionModel:
     """The generator at a given width; one greyscale channel in and out, edges as one channel at image size.
 
     ``edge_embedding_channels`` of length 1 keeps the edge embedding at image resolution (pixel-space diffusion; the
-    latent-space default of MONAI downsamples it 8x).
+    latent-space default of MONAI downsamples it 8x). ``use_flash_attention`` selects PyTorch's fused attention (the same
+    function without keeping each attention matrix for the backward pass; benchmarks/attention_kernel.py).
     """
     common = {
         "spatial_dims": 2,
@@ -72,6 +74,7 @@ def build_text_edge_model(
         "norm_num_groups": norm_num_groups,
         "with_conditioning": True,
         "cross_attention_dim": text_dim,
+        "use_flash_attention": use_flash_attention,
     }
     unet = DiffusionModelUNet(out_channels=1, **common)
     controlnet = ControlNet(
