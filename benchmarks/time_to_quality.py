@@ -39,10 +39,11 @@ CHECKS = ("area_w1", "empty_gap", "mean_gap", "std_gap")
 
 def epoch_record(history: Path, epoch: int) -> tuple[float, float]:
     """(training seconds of ``epoch``, its mean loss) from the trainer's loss history: first to last iteration plus
-    one mean iteration, so the start-up that one-epoch-per-run repeats (imports, data loading) is not counted."""
+    one mean iteration, so the start-up that one-epoch-per-run repeats (imports, data loading) is not counted. Needs
+    two or more iterations per epoch (main checks it)."""
     rows = [r for r in csv.DictReader(history.open()) if int(r["epoch"]) == epoch]
     first, last = float(rows[0]["seconds"]), float(rows[-1]["seconds"])
-    seconds = (last - first) * len(rows) / (len(rows) - 1) if len(rows) > 1 else last
+    seconds = (last - first) * len(rows) / (len(rows) - 1)
     return seconds, sum(float(r["loss"]) for r in rows) / len(rows)
 
 
@@ -84,6 +85,8 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=0.03, help="every check within this counts as 'quality'")
     parser.add_argument("--fid", action="store_true", help="also FID (needs requirements-fid.txt)")
     args = parser.parse_args()
+    if args.iterations_per_epoch < 2:
+        parser.error("--iterations_per_epoch must be at least 2: an epoch's time is measured between its iterations.")
 
     from common.data import load_dataset
 

@@ -84,6 +84,7 @@ class GuidedDiffusionUNet(nn.Module):
         num_res_blocks: residual blocks per level in the encoder and the decoder.
         norm_num_groups: group-norm groups (must divide every width).
         num_head_channels: channels per attention head in the middle block.
+        use_flash_attention: PyTorch's fused attention in the middle block (same function, less memory).
     """
 
     def __init__(
@@ -95,6 +96,7 @@ class GuidedDiffusionUNet(nn.Module):
         num_res_blocks: int = 1,
         norm_num_groups: int = 32,
         num_head_channels: int = 32,
+        use_flash_attention: bool = False,
     ) -> None:
         super().__init__()
         channels = list(channels)
@@ -124,7 +126,12 @@ class GuidedDiffusionUNet(nn.Module):
         self.encoder = nn.ModuleList([blocks(p + g, c) for p, g, c in zip(previous, extra, channels)])
         self.downs = nn.ModuleList([nn.Conv2d(c, c, 3, stride=2, padding=1) for c in channels[:-1]])
         self.middle = AttnMidBlock(
-            2, channels[-1], temb, norm_num_groups=norm_num_groups, num_head_channels=num_head_channels
+            2,
+            channels[-1],
+            temb,
+            norm_num_groups=norm_num_groups,
+            num_head_channels=num_head_channels,
+            use_flash_attention=use_flash_attention,
         )
         self.decoder = nn.ModuleList([blocks(2 * c + g, c) for c, g in zip(channels, extra)])
         self.ups = nn.ModuleList(

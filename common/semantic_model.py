@@ -66,6 +66,7 @@ def build_semantic_model(
     num_head_channels: int = 32,
     learn_variance: bool = True,
     spade_intermediate_channels: int = 32,
+    use_flash_attention: bool = False,
 ) -> SemanticDiffusionModel:
     """The denoiser of a conditioning at a given width: 2 output channels (epsilon + variance) with a learned variance.
 
@@ -87,6 +88,7 @@ def build_semantic_model(
             norm_num_groups=norm_num_groups,
             num_head_channels=num_head_channels,
             spade_intermediate_channels=spade_intermediate_channels,
+            use_flash_attention=use_flash_attention,
         )
     else:
         network = GuidedDiffusionUNet(
@@ -95,6 +97,7 @@ def build_semantic_model(
             num_res_blocks=num_res_blocks,
             norm_num_groups=norm_num_groups,
             num_head_channels=num_head_channels,
+            use_flash_attention=use_flash_attention,
             **conditioning_channels(conditioning, mask_channels(num_classes)),
         )
     return SemanticDiffusionModel(network, conditioning, num_classes)

@@ -9,7 +9,16 @@ from tests.shared_data import REPO, config_parser
 
 CONFIGS = REPO / "bundles" / "ct_semantic_synthesis" / "configs"
 TINY = REPO / "tests" / "configs" / "ct_semantic_tiny.json"
-SHARED = ("image_size", "num_classes", "num_train_timesteps", "beta_start", "beta_end", "channels", "network_def")
+SHARED = (
+    "image_size",
+    "num_classes",
+    "num_train_timesteps",
+    "beta_start",
+    "beta_end",
+    "channels",
+    "use_flash_attention",
+    "network_def",
+)
 
 
 @pytest.mark.parametrize("conditioning", ["conditional", "mask_guided", "edge_guided", "sdm"])

@@ -21,6 +21,7 @@ GENERATOR_KEYS = (
     "attention_levels",
     "num_res_blocks",
     "num_head_channels",
+    "use_flash_attention",
     "norm_num_groups",
     "text_dim",
     "edge_embedding_channels",

@@ -19,6 +19,7 @@ DPM_KEYS = (
     "attention_levels",
     "num_res_blocks",
     "num_head_channels",
+    "use_flash_attention",
     "norm_num_groups",
     "network_def",
 )

@@ -20,6 +20,7 @@ NETWORK_KEYS = (
     "attention_levels",
     "num_res_blocks",
     "num_head_channels",
+    "use_flash_attention",
     "norm_num_groups",
     "image_condition",
     "estimate_transform",
