@@ -6,7 +6,8 @@ On one dataset (default ../shared/data/cxr_lungs, the paper's COVID-19 X-ray col
   1. Stage I  (train_dpm.json) and Stage II (train_segmenter.json) on the real training pairs;
   2. Stage III (inference.json) once per guidance setting, the same seeds for all: CF (classifier-free only, no
      segmenter), CF+CG at tau 1, 1/2, 1/3 (s = 1);
-  3. Stage IV (filter.json) on each CF+CG set: CF+CG+CS at tau 1, 1/2, 1/3;
+  3. Stage IV (filter.json) on each CF+CG set: CF+CG+CS at tau 1, 1/2, 1/3, for each of --etas (default the paper's
+     0.065; a set the filter empties is reported with its count and left out of FID and Dice);
   4. FID of every set against the real training images (offline Inception, requirements-fid.txt), how many pairs the
      filter kept, and the downstream Dice (common.seg_eval: MONAI UNet on real + each set, --seeds, test split).
 
@@ -32,6 +33,7 @@ from benchmarks.bundle_runner import run_bundle  # noqa: E402
 CONFIGS = REPO / "bundles" / "diffuse_expand" / "configs"
 RESULTS = REPO / "benchmarks" / "results"
 TAUS = ("1", "1/2", "1/3")
+PAPER_ETA = 0.065
 
 
 def tau_name(tau: str) -> str:
@@ -47,6 +49,11 @@ def complete(folder: Path, count: int | None = None) -> bool:
     if not datalist.is_file():
         return False
     return count is None or len(json.loads(datalist.read_text())["training"]) >= count
+
+
+def filtered_name(tau: str, eta: float) -> str:
+    """CF+CG+CS_tau1 at the paper's eta, CF+CG+CS_tau1_eta0.3 at another."""
+    return f"CF+CG+CS_{tau_name(tau)}" + ("" if eta == PAPER_ETA else f"_eta{eta:g}")
 
 
 def settings() -> dict[str, dict[str, str]]:
@@ -66,7 +73,13 @@ def main() -> None:
     parser.add_argument("--iterations_per_epoch", type=int, default=250)
     parser.add_argument("--num_pairs", type=int, default=138, help="pairs per set (default: 2x the 69 train pairs)")
     parser.add_argument("--sampling_steps", type=int, default=20)
-    parser.add_argument("--eta", type=float, default=0.065)
+    parser.add_argument(
+        "--etas",
+        type=float,
+        nargs="+",
+        default=[PAPER_ETA],
+        help="Stage IV thresholds: one CF+CG+CS row per tau and eta (the paper's 0.065 can keep nothing at CPU scale)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--seg_iterations", type=int, default=1000)
     parser.add_argument("--extra_config", nargs="*", default=[])
@@ -130,9 +143,9 @@ def main() -> None:
                 *flat,
             )
         folders[condition] = out
-    for tau in TAUS:
+    for tau, eta in ((tau, eta) for eta in args.etas for tau in TAUS):
         source = folders[f"CF+CG_{tau_name(tau)}"]
-        out = root / "sets" / f"CF+CG+CS_{tau_name(tau)}"
+        out = root / "sets" / filtered_name(tau, eta)
         if not (out / "filter_report.json").is_file():
             stage(
                 "filter.json",
@@ -145,7 +158,7 @@ def main() -> None:
                 "--filter_segmenter_path",
                 str(models / "filter_segmenter.pt"),
                 "--eta",
-                str(args.eta),
+                str(eta),
             )
         folders[out.name] = out
 
