@@ -58,7 +58,7 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _trainer(bundle: str, size: int, iterations: int, workdir: str):
+def _trainer(bundle: str, size: int, iterations: int, workdir: str, **overrides):
     parser = _parser(
         bundle,
         BUNDLES[bundle][0],
@@ -69,6 +69,7 @@ def _trainer(bundle: str, size: int, iterations: int, workdir: str):
         max_epochs=1,
         preview_interval=0,
         resume=False,
+        **overrides,
     )
     parser.get_parsed_content("initialize")
     return parser, parser.get_parsed_content("train#trainer")

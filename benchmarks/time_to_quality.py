@@ -84,6 +84,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps of the evaluation samples")
     parser.add_argument("--tolerance", type=float, default=0.03, help="every check within this counts as 'quality'")
     parser.add_argument("--fid", action="store_true", help="also FID (needs requirements-fid.txt)")
+    parser.add_argument("--summarise_only", action="store_true",
+                        help="tabulate the epochs already measured in --workdir (up to --epochs) and train nothing: "
+                             "a curve cut short by a time budget is reported as far as it got")  # fmt: skip
     args = parser.parse_args()
     if args.iterations_per_epoch < 2:
         parser.error("--iterations_per_epoch must be at least 2: an epoch's time is measured between its iterations.")
@@ -102,6 +105,8 @@ def main() -> None:
         curves[name] = []
         for epoch in range(1, args.epochs + 1):
             result_file = root / f"epoch_{epoch:03d}.json"
+            if args.summarise_only and not result_file.is_file():
+                break
             if not result_file.is_file():
                 outputs = ["--ckpt_dir", str(root / "models"), "--output_dir", str(root / "train")]
                 schedule = ["--iterations_per_epoch", str(args.iterations_per_epoch), "--max_epochs", str(epoch)]
@@ -125,6 +130,8 @@ def main() -> None:
 
     lines = []
     for name, rows in curves.items():
+        if len(rows) < args.epochs:
+            lines += [f"(arm {name}: {len(rows)} of {args.epochs} epochs measured)", ""]
         reached = next((r for r in rows if all(r[c] <= args.tolerance for c in CHECKS)), None)
         when = f"{reached['minutes']:.1f} min ({reached['iterations']} iterations)" if reached else "not reached"
         lines += [f"## {name}: all checks within {args.tolerance} at {when}", ""]

@@ -62,7 +62,7 @@ def build_text_edge_model(
 
     ``edge_embedding_channels`` of length 1 keeps the edge embedding at image resolution (pixel-space diffusion; the
     latent-space default of MONAI downsamples it 8x). ``use_flash_attention`` selects PyTorch's fused attention (the
-    same function without keeping each attention matrix for the backward pass; benchmarks/attention_kernel.py).
+    same function without keeping each attention matrix for the backward pass; benchmarks/training_step.py).
     """
     common = {
         "spatial_dims": 2,

@@ -1,7 +1,7 @@
 """``use_flash_attention`` of every generator config reaches each attention block of the network it builds, and the
 weights of the fused and the explicit kernel are interchangeable, so a checkpoint trained either way loads. DiffBoost
 trains with the fused kernel by default (1.6-1.9x faster and 1 GB less peak memory on the CPU with its 32x32
-attention; benchmarks/attention_kernel.py); the bundles with 16x16 attention only measured no clear gain and keep
+attention; benchmarks/training_step.py); the bundles with 16x16 attention only measured no clear gain and keep
 MONAI's explicit kernel."""
 
 from __future__ import annotations
