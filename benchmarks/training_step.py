@@ -157,6 +157,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--output", default=str(RESULTS / "training_step.json"), help="the table as JSON")
     parser.add_argument("--_measure", nargs=2, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._measure:
@@ -189,9 +190,9 @@ def main() -> None:
     print(text)
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     Path(args.workdir, "summary.md").write_text(text + "\n")
-    RESULTS.mkdir(exist_ok=True)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k != "_measure"}
-    (RESULTS / "training_step.json").write_text(json.dumps({"settings": settings, "results": rows}, indent=2))
+    Path(args.output).write_text(json.dumps({"settings": settings, "results": rows}, indent=2))
 
 
 if __name__ == "__main__":
