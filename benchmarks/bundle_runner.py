@@ -3,6 +3,8 @@ each stage gets a fresh process, exactly the command is printed, and a failing s
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -10,7 +12,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-__all__ = ["run_bundle"]
+__all__ = ["cached_measurement", "run_bundle"]
 
 
 def run_bundle(configs: Sequence[str | Path], *overrides: str) -> None:
@@ -19,3 +21,18 @@ def run_bundle(configs: Sequence[str | Path], *overrides: str) -> None:
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, *overrides]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=REPO, check=True)
+
+
+def cached_measurement(result: Path, cmd: Sequence[str]) -> dict:
+    """The JSON a measuring subprocess prints on its last line, kept in ``result`` (written atomically) and read from
+    there on reruns: every measurement gets a fresh process (its own peak RSS, no shared caches) and a killed
+    benchmark resumes."""
+    if result.is_file():
+        return json.loads(result.read_text())
+    out = subprocess.run(list(cmd), cwd=REPO, check=True, capture_output=True, text=True).stdout
+    data = json.loads(out.strip().splitlines()[-1])
+    result.parent.mkdir(parents=True, exist_ok=True)
+    tmp = result.with_suffix(".partial")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, result)
+    return data

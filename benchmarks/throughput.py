@@ -25,7 +25,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +33,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 RESULTS = REPO / "benchmarks" / "results"
+
+from benchmarks.bundle_runner import cached_measurement  # noqa: E402
 
 # bundle -> (training config, inference config, inference overrides that keep one run to a few batches)
 BUNDLES = {
@@ -118,6 +119,19 @@ def train_bundle(bundle: str, size: int, iterations: int, warmup: int, workdir: 
     }
 
 
+def time_training_steps(network, optimizer, loss_function, inputs, targets, args, kwargs, count: int) -> list[float]:
+    """Seconds of each of ``count`` training steps (zero grad, forward, loss, backward, optimiser) on one batch."""
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_function(network(inputs, *args, **kwargs), targets)
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    return times
+
+
 def train_bare(bundle: str, size: int, iterations: int, warmup: int, workdir: str) -> dict:
     """The trainer's network, loss and optimiser on one pre-made batch: what the bundle would cost with free I/O."""
     parser, trainer = _trainer(bundle, size, 1, workdir)
@@ -125,16 +139,8 @@ def train_bare(bundle: str, size: int, iterations: int, warmup: int, workdir: st
     inputs, targets, args, kwargs = trainer.prepare_batch(batch, trainer.state.device, False)
     network, optimizer, loss_function = trainer.network, trainer.optimizer, trainer.loss_function
     network.train()
-    times = []
-    for i in range(iterations + warmup):
-        start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_function(network(inputs, *args, **kwargs), targets)
-        loss.backward()
-        optimizer.step()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    per_iter = statistics.median(times)
+    step = (network, optimizer, loss_function, inputs, targets, args, kwargs)
+    per_iter = statistics.median(time_training_steps(*step, iterations + warmup)[warmup:])
     return {
         "seconds_per_iteration": per_iter,
         "samples_per_second": parser["batch_size"] / per_iter,
@@ -231,19 +237,9 @@ RUNNERS = {
 
 
 def measure(bundle: str, mode: str, size: int, repeat: int, args: argparse.Namespace) -> dict:
-    """One measurement in a fresh subprocess; its JSON is kept in the workdir and reused on reruns."""
-    result = Path(args.workdir) / f"{bundle}_{size}_{mode}_{repeat}.json"
-    if result.is_file():
-        return json.loads(result.read_text())
     cmd = [sys.executable, __file__, "--_measure", bundle, mode, str(size), "--iterations", str(args.iterations),
            "--warmup", str(args.warmup), "--steps", str(args.steps)]  # fmt: skip
-    out = subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True).stdout
-    data = json.loads(out.strip().splitlines()[-1])
-    result.parent.mkdir(parents=True, exist_ok=True)
-    tmp = result.with_suffix(".partial")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, result)
-    return data
+    return cached_measurement(Path(args.workdir) / f"{bundle}_{size}_{mode}_{repeat}.json", cmd)
 
 
 def summarise(runs: dict[str, list[dict]]) -> dict:

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +33,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.throughput import BUNDLES, _parser, _rss_mb, _trainer  # noqa: E402
+from benchmarks.bundle_runner import cached_measurement  # noqa: E402
+from benchmarks.throughput import BUNDLES, _parser, _rss_mb, _trainer, time_training_steps  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 VARIANTS = ("shipped", "attention", "channels_last", "fused_adam", "compile")
@@ -92,14 +91,8 @@ def measure(bundle: str, variant: str, iterations: int, warmup: int, workdir: st
         output = _first_tensor(network(inputs, *args, **kwargs))
     network.train()
     evaluation_seconds = time.perf_counter() - start  # with compile: the inference graph's compilation
-    times = []
-    for i in range(iterations + warmup):
-        start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_function(network(inputs, *args, **kwargs), targets)
-        loss.backward()
-        optimizer.step()
-        times.append(time.perf_counter() - start)
+    step = (network, optimizer, loss_function, inputs, targets, args, kwargs)
+    times = time_training_steps(*step, iterations + warmup)
     return {
         "seconds_per_step": statistics.median(times[warmup:]),
         "first_calls_seconds": evaluation_seconds + times[0],
@@ -117,19 +110,9 @@ def _first_tensor(output):
 
 
 def run(bundle: str, variant: str, repeat: int, args: argparse.Namespace) -> dict:
-    """One measurement in a fresh subprocess; its JSON is kept in the workdir and reused on reruns."""
-    result = Path(args.workdir) / f"{bundle}_{variant}_{repeat}.json"
-    if result.is_file():
-        return json.loads(result.read_text())
     cmd = [sys.executable, __file__, "--_measure", bundle, variant]
     cmd += ["--iterations", str(args.iterations), "--warmup", str(args.warmup)]
-    out = subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, text=True).stdout
-    data = json.loads(out.strip().splitlines()[-1])
-    result.parent.mkdir(parents=True, exist_ok=True)
-    tmp = result.with_suffix(".partial")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, result)
-    return data
+    return cached_measurement(Path(args.workdir) / f"{bundle}_{variant}_{repeat}.json", cmd)
 
 
 def summarise(runs: dict[str, list[dict]]) -> dict:
