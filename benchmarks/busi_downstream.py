@@ -67,7 +67,7 @@ def generators(regime: int, work: Path, args: argparse.Namespace) -> dict[str, P
             *common,
         )
     pig, masked = work / "pig", work / "mask_conditioned"
-    steps = ["--num_inference_steps", str(args.sampling_steps)]
+    steps = ["--num_inference_steps", str(args.sampling_steps), "--sampling_method", "ddim"]  # as the FID baseline
     if not complete(pig, 4 * regime):
         bundle(["inference.json"], "--output_dir", str(pig), "--num_pairs", str(4 * regime), *steps, *common)
     if not complete(masked, 2 * regime):

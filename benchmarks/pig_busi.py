@@ -83,6 +83,8 @@ def main() -> None:
         str(args.num_pairs),
         "--num_inference_steps",
         str(args.num_inference_steps),
+        "--sampling_method",
+        "ddim",
     )
 
     real = load_dataset(

@@ -115,6 +115,7 @@ def main() -> None:
                 seconds, loss = epoch_record(root / "train" / "loss_history.csv", epoch)
                 samples = root / f"samples_{epoch:03d}"
                 sampling = ["--num_pairs", str(args.num_pairs), "--num_inference_steps", str(args.steps)]
+                sampling += ["--sampling_method", "ddim"]
                 outputs = ["--ckpt_dir", str(root / "models"), "--output_dir", str(samples)]
                 run_bundle([CONFIGS / "inference.json", *overlays], *outputs, *sampling)
                 row = {"epoch": epoch, "iterations": epoch * args.iterations_per_epoch, "epoch_seconds": seconds,
