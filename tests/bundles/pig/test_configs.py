@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from monai.bundle import ConfigParser
+from monai.networks.schedulers import DDIMScheduler
 
 from tests.shared_data import REPO, config_parser
 
@@ -55,7 +56,8 @@ def test_paper_overlay_matches_the_paper(base):
     assert scheduler.clip_sample is False
     torch.testing.assert_close(scheduler.betas[[0, -1]], torch.tensor([1e-4, 0.02]))
     if base == "inference.json":
-        assert p["num_inference_steps"] == 256
+        assert p["num_inference_steps"] == 256 and p["sampling_method"] == "ddim"
+        assert isinstance(p.get_parsed_content("sampling_scheduler"), DDIMScheduler)
         scheduler.set_timesteps(256)
         assert scheduler.timesteps[0] == 1020 and scheduler.timesteps[-1] == 0
     net = p.get_parsed_content("network_def")

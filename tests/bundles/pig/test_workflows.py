@@ -241,8 +241,8 @@ def test_nifti_volume_in_nifti_pairs_out(tmp_path):
     assert label.dtype == np.uint8 and label.max() <= 13
 
 
-def test_inference_with_dpm_solver_pp(trained):
-    out = trained / "gen_dpm"
+def test_inference_with_ddim_the_papers_sampler(trained):
+    out = trained / "gen_ddim"
     result = run_bundle(
         "inference.json",
         "--ckpt_dir",
@@ -250,7 +250,7 @@ def test_inference_with_dpm_solver_pp(trained):
         "--output_dir",
         str(out),
         "--sampling_method",
-        "dpmsolver++",
+        "ddim",
         "--num_pairs",
         "2",
     )
