@@ -95,7 +95,11 @@ def main() -> None:
 
     work = Path(args.workdir).resolve()
     start = time.perf_counter()
-    real = load_dataset(args.dataset_dir, split="train", image_size=64, max_pairs=args.max_pairs, seed=0)
+    real = (
+        None
+        if args.summarise_only
+        else load_dataset(args.dataset_dir, split="train", image_size=64, max_pairs=args.max_pairs, seed=0)
+    )
     data = ["--dataset_dir", args.dataset_dir] + (["--max_pairs", str(args.max_pairs)] if args.max_pairs else [])
     curves: dict[str, list[dict]] = {}
     for arm in args.arms:
