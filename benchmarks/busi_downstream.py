@@ -182,6 +182,23 @@ def table(all_results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def merge_with_committed(path: Path, results: dict[str, dict], settings: dict) -> dict:
+    """This invocation's regimes replace the same regimes of ``path``; the others are kept with the settings they ran
+    with, so regimes run in different sessions (each one a long job) end up in one table."""
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    old_settings = previous.get("settings", {})
+    if "regimes" in old_settings:  # one settings block for the whole file (written before regimes were merged)
+        old_settings = {regime: old_settings for regime in previous.get("regimes", {})}
+    merged = {
+        "regimes": {**previous.get("regimes", {}), **results},
+        "settings": {**old_settings, **{regime: settings for regime in results}},
+    }
+    if "fid" in previous:
+        merged["fid"] = previous["fid"]
+    merged["regimes"] = dict(sorted(merged["regimes"].items(), key=lambda item: int(item[0])))
+    return merged
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="runs/busi_downstream")
@@ -211,10 +228,10 @@ def main() -> None:
             subset_seed=0,
             baseline="real",
         )
-    summary = {"regimes": all_results, "settings": vars(args)}
+    summary = merge_with_committed(RESULTS / "busi_downstream.json", all_results, vars(args))
     if args.fid:
         summary["fid"] = fid_comparison(root / f"n{max(args.regimes)}", args, max(args.regimes))
-    text = table(all_results)
+    text = table(summary["regimes"])
     if args.fid:
         text += "\n\nFID to BUSI test images: " + json.dumps(summary["fid"])
     text += f"\n\nwall time of this invocation: {(time.perf_counter() - start) / 60:.1f} min"

@@ -119,14 +119,18 @@ def train_bundle(bundle: str, size: int, iterations: int, warmup: int, workdir: 
     }
 
 
-def time_training_steps(network, optimizer, loss_function, inputs, targets, args, kwargs, count: int) -> list[float]:
-    """Seconds of each of ``count`` training steps (zero grad, forward, loss, backward, optimiser) on one batch."""
+def time_training_steps(
+    network, optimizer, loss_function, inputs, targets, args, kwargs, count: int, micro_batch_size: int | None = None
+) -> list[float]:
+    """Seconds of each of ``count`` training steps (zero grad, forward, loss, backward, optimiser) on one batch;
+    forward + backward in chunks of ``micro_batch_size`` samples, as the bundle's trainer (common.micro_batching)."""
+    from common.micro_batching import accumulate_gradients
+
     times = []
     for _ in range(count):
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_function(network(inputs, *args, **kwargs), targets)
-        loss.backward()
+        accumulate_gradients(network, loss_function, inputs, targets, args, kwargs, micro_batch_size)
         optimizer.step()
         times.append(time.perf_counter() - start)
     return times
@@ -140,7 +144,8 @@ def train_bare(bundle: str, size: int, iterations: int, warmup: int, workdir: st
     network, optimizer, loss_function = trainer.network, trainer.optimizer, trainer.loss_function
     network.train()
     step = (network, optimizer, loss_function, inputs, targets, args, kwargs)
-    per_iter = statistics.median(time_training_steps(*step, iterations + warmup)[warmup:])
+    micro = parser.get("micro_batch_size")
+    per_iter = statistics.median(time_training_steps(*step, iterations + warmup, micro)[warmup:])
     return {
         "seconds_per_iteration": per_iter,
         "samples_per_second": parser["batch_size"] / per_iter,

@@ -9,6 +9,8 @@ bundle's own ``prepare_batch`` made from its training config) is timed as shippe
   fused ``scaled_dot_product_attention``);
 * ``channels_last``: network and image batches in channels-last memory format;
 * ``fused_adam``: the config's optimiser class rebuilt with ``fused=True``;
+* ``micro_batch``: the other micro-batching setting (``micro_batch_size`` of the config: the whole batch at once if the
+  bundle ships chunks, else chunks of half the batch; common.micro_batching, same gradient, less activation memory);
 * ``compile``: ``torch.compile`` of the network (compilation happens in the first calls, reported apart: one
   evaluation call plus the first training step, ``--warmup`` steps are not timed).
 
@@ -37,7 +39,7 @@ from benchmarks.bundle_runner import cached_measurement  # noqa: E402
 from benchmarks.throughput import BUNDLES, _parser, _rss_mb, _trainer, time_training_steps  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
-VARIANTS = ("shipped", "attention", "channels_last", "fused_adam", "compile")
+VARIANTS = ("shipped", "attention", "channels_last", "fused_adam", "micro_batch", "compile")
 CHECKED_OUTPUTS = 512  # output values compared between variants
 
 
@@ -91,13 +93,17 @@ def measure(bundle: str, variant: str, iterations: int, warmup: int, workdir: st
         output = _first_tensor(network(inputs, *args, **kwargs))
     network.train()
     evaluation_seconds = time.perf_counter() - start  # with compile: the inference graph's compilation
+    micro_batch_size = parser.get("micro_batch_size")
+    if variant == "micro_batch":
+        micro_batch_size = None if micro_batch_size else max(1, inputs.shape[0] // 2)
     step = (network, optimizer, loss_function, inputs, targets, args, kwargs)
-    times = time_training_steps(*step, iterations + warmup)
+    times = time_training_steps(*step, iterations + warmup, micro_batch_size)
     return {
         "seconds_per_step": statistics.median(times[warmup:]),
         "first_calls_seconds": evaluation_seconds + times[0],
         "peak_rss_mb": _rss_mb(),
         "use_flash_attention": parser["use_flash_attention"],
+        "micro_batch_size": micro_batch_size,
         "output": output.detach().float().flatten()[:CHECKED_OUTPUTS].tolist(),
     }
 
@@ -127,6 +133,7 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
             "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in results),
             "first_calls_seconds": statistics.median(r["first_calls_seconds"] for r in results),
             "use_flash_attention": results[0]["use_flash_attention"],
+            "micro_batch_size": results[0].get("micro_batch_size"),
             "max_abs_output_difference": max(abs(a - b) for a, b in zip(results[0]["output"], reference)),
         }
     return rows
@@ -165,6 +172,8 @@ def main() -> None:
         for variant, r in row.items():
             kernel = "fused" if r["use_flash_attention"] else "explicit"
             name = f"{variant} ({kernel} attention)" if variant in ("shipped", "attention") else variant
+            if variant in ("shipped", "micro_batch") and "micro_batch_size" in r:
+                name += f", chunks of {r['micro_batch_size']}" if r["micro_batch_size"] else ", whole batch"
             lines.append(f"| {bundle} | {name} | {r['seconds_per_step']:.2f} | {r['speedup_over_shipped']:.2f} | "
                          f"{r['peak_rss_mb']:.0f} | {r['first_calls_seconds']:.1f} | "
                          f"{r['max_abs_output_difference']:.1e} |")  # fmt: skip

@@ -25,6 +25,7 @@ __all__ = [
     "handlers",
     "losses",
     "metrics",
+    "micro_batching",
     "noisy_segmenter",
     "overrides",
     "paired_model",
