@@ -24,25 +24,36 @@ from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["MicroBatchIteration", "accumulate_gradients", "split_along_batch", "check_sample_independent"]
+__all__ = [
+    "MicroBatchIteration",
+    "accumulate_gradients",
+    "split_along_batch",
+    "map_tensors",
+    "check_sample_independent",
+]
+
+
+def map_tensors(function: Callable[[torch.Tensor], Any], value: Any) -> Any:
+    """``function`` applied to every tensor inside ``value`` (tuples, lists, dicts); anything else passed through."""
+    if isinstance(value, torch.Tensor):
+        return function(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(map_tensors(function, v) for v in value)
+    if isinstance(value, dict):
+        return {k: map_tensors(function, v) for k, v in value.items()}
+    return value
 
 
 def split_along_batch(value: Any, batch_size: int, start: int, stop: int) -> Any:
-    """``value[start:stop]`` for every tensor of ``batch_size`` samples inside ``value`` (tuples, lists, dicts);
-    anything else (scalars, per-batch constants) is passed whole to every chunk."""
-    if isinstance(value, torch.Tensor):
-        return value[start:stop] if value.dim() > 0 and value.shape[0] == batch_size else value
-    if isinstance(value, (list, tuple)):
-        return type(value)(split_along_batch(v, batch_size, start, stop) for v in value)
-    if isinstance(value, dict):
-        return {k: split_along_batch(v, batch_size, start, stop) for k, v in value.items()}
-    return value
+    """``value[start:stop]`` for every tensor of ``batch_size`` samples inside ``value``; anything else (scalars,
+    per-batch constants) is passed whole to every chunk."""
+    return map_tensors(lambda t: t[start:stop] if t.dim() > 0 and t.shape[0] == batch_size else t, value)
 
 
 def _concatenate(parts: list[Any]) -> Any:
     first = parts[0]
     if isinstance(first, torch.Tensor):
-        return torch.cat(parts) if first.dim() > 0 else torch.stack(parts).mean()
+        return torch.cat(parts)
     if isinstance(first, (list, tuple)):
         return type(first)(_concatenate(list(group)) for group in zip(*parts))
     if isinstance(first, dict):
@@ -91,19 +102,9 @@ def accumulate_gradients(
             prediction = forward(chunk[0], *chunk[2], **chunk[3])
             loss = loss_function(prediction, chunk[1]).mean() * ((stop - start) / batch_size)
             backward(loss)
-        predictions.append(_detach(prediction))
+        predictions.append(map_tensors(torch.Tensor.detach, prediction))
         total = total + loss.detach()
     return _concatenate(predictions), total
-
-
-def _detach(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach()
-    if isinstance(value, (list, tuple)):
-        return type(value)(_detach(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _detach(v) for k, v in value.items()}
-    return value
 
 
 class MicroBatchIteration:
