@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--sampling_steps", type=int, default=25)
     parser.add_argument("--seg_iterations", type=int, default=1500)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--ablation_seeds", type=int, nargs="+", default=None, help="default: --seeds")
     parser.add_argument("--network", default="attention_unet")
     parser.add_argument("--alphas", type=float, nargs="*", default=[0.0, 0.2, 0.4, 0.8, 1.0])
     parser.add_argument("--patch_sizes", type=int, nargs="*", default=[4, 8, 32, 64])
@@ -101,7 +102,7 @@ def main() -> None:
             str(versions),
         )
 
-    def evaluate(name: str, conditions: dict | None) -> dict:
+    def evaluate(name: str, conditions: dict | None, seeds: list[int]) -> dict:
         out = work / name
         overrides = [
             *data,
@@ -113,7 +114,7 @@ def main() -> None:
             "--iterations",
             str(args.seg_iterations),
             "--seeds",
-            repr(args.seeds),
+            repr(seeds),
             "--output_dir",
             str(out),
         ]
@@ -123,13 +124,13 @@ def main() -> None:
         stage(["evaluate.json", "busi.json"], extra, *overrides)
         return json.loads((out / "results.json").read_text())
 
-    table = evaluate("table_ii", None)
+    table = evaluate("table_ii", None, args.seeds)
     ablation = {}
     if args.alphas or args.patch_sizes:
         mixes = {f"alpha{a:g}": {"alpha": a, "patch_size": 16} for a in args.alphas}
         mixes.update({f"patch{p}": {"alpha": 0.6, "patch_size": p} for p in args.patch_sizes})
         conditions = {name: {"patch_mix": {"folder": str(versions), **mix}} for name, mix in mixes.items()}
-        ablation = evaluate("ablation", conditions)
+        ablation = evaluate("ablation", conditions, args.ablation_seeds or args.seeds)
 
     settings = {k: v for k, v in vars(args).items() if k not in ("workdir", "data_root")}
     header = (
