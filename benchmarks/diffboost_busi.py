@@ -1,5 +1,5 @@
-"""DiffBoost on BUSI at CPU scale: the paper's Table II layout and the alpha / patch-size ablation of its Fig. 6
-(issue 6's benchmark). Resumable.
+"""DiffBoost on BUSI at CPU scale: the paper's Table II layout, the alpha / patch-size ablation of its Fig. 6, and
+its Table I (issue 6's benchmark). Resumable.
 
     OMP_NUM_THREADS=2 python benchmarks/diffboost_busi.py --workdir runs/diffboost_busi
 
@@ -8,7 +8,9 @@
 3. generate --augment_ratio versions of every one of those pairs (inference.json);
 4. Table II: AttentionUnet on the real pairs alone, with each conventional augmentation, DeepStack, and DiffBoost
    patch mixing (alpha 0.6, patch 16), --seeds, tested on the BUSI test split (evaluate.json);
-5. ablation: DiffBoost at alpha in --alphas (patch 16) and patch size in --patch_sizes (alpha 0.6).
+5. ablation: DiffBoost at alpha in --alphas (patch 16) and patch size in --patch_sizes (alpha 0.6);
+6. Table I: the pooled val images rebuilt from their Canny edges by the pretrained generator and by Pix2Pix trained
+   --pix2pix_iterations on the same pooled train split (table_i.json), MAE / MSE / RMSE / SSIM / MS-SSIM.
 
 Stages are skipped when their outputs exist (generator checkpoints, sources.json, one JSON per segmenter run), so a
 rerun with more --seeds trains only the new runs.
@@ -53,6 +55,7 @@ def main() -> None:
     parser.add_argument("--network", default="attention_unet")
     parser.add_argument("--alphas", type=float, nargs="*", default=[0.0, 0.2, 0.4, 0.8, 1.0])
     parser.add_argument("--patch_sizes", type=int, nargs="*", default=[4, 8, 32, 64])
+    parser.add_argument("--pix2pix_iterations", type=int, default=1500, help="Table I baseline; 0 skips Table I")
     parser.add_argument("--extra_config", nargs="*", default=[])
     args = parser.parse_args()
     work = Path(args.workdir).resolve()
@@ -132,6 +135,25 @@ def main() -> None:
         conditions = {name: {"patch_mix": {"folder": str(versions), **mix}} for name, mix in mixes.items()}
         ablation = evaluate("ablation", conditions, args.ablation_seeds or args.seeds)
 
+    table_i = {}
+    if args.pix2pix_iterations > 0:  # last: Table II is what a cut-short run should have
+        stage(
+            ["inference.json", "pretrain.json", "table_i.json"],
+            extra,
+            *data,
+            "--ckpt_path",
+            str(work / "pretrain" / "model.pt"),
+            "--num_inference_steps",
+            str(args.sampling_steps),
+            "--pix2pix_iterations",
+            str(args.pix2pix_iterations),
+            "--pix2pix_path",
+            str(work / "pix2pix" / "generator.pt"),
+            "--table_i_dir",
+            str(work / "table_i"),
+        )
+        table_i = json.loads((work / "table_i" / "results.json").read_text())
+
     settings = {k: v for k, v in vars(args).items() if k not in ("workdir", "data_root")}
     header = (
         "# DiffBoost on BUSI at CPU scale\n\n"
@@ -143,11 +165,18 @@ def main() -> None:
     if ablation:
         parts += ["\n## Ablation (Fig. 6 b, c): DiffBoost patch mixing (alpha 0.6 / patch 16 is in Table II)\n"]
         parts.append((work / "ablation" / "results.md").read_text())
+    if table_i:
+        parts += ["\n## Table I layout: held-out images rebuilt from their edges\n"]
+        parts.append((work / "table_i" / "results.md").read_text())
     (work / "summary.md").write_text(header + "\n".join(parts))
     if not extra:
         RESULTS.mkdir(parents=True, exist_ok=True)
         (RESULTS / "diffboost_busi.json").write_text(
-            json.dumps({"settings": settings, "table_ii": table, "ablation": ablation}, indent=2, default=float)
+            json.dumps(
+                {"settings": settings, "table_ii": table, "ablation": ablation, "table_i": table_i},
+                indent=2,
+                default=float,
+            )
         )
     print((work / "summary.md").read_text())
 

@@ -32,6 +32,7 @@ __all__ = [
     "patch_mixing",
     "pix2pix",
     "provenance",
+    "reconstruction_eval",
     "sampling",
     "schedulers",
     "seg_eval",

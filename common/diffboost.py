@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from common.edges import mask_edges
+from common.edges import canny_edges, mask_edges
 from common.errors import InputError
 from common.generation import generate_pairs
 from common.sampling import ImageSampler
@@ -113,7 +113,12 @@ def load_prompted_sources(
 
 
 class TextEdgeSampler:
-    """Pair-sampler interface: pair j is version ``j % n`` of real pair ``j // n`` (prompt + phrase, mask edges)."""
+    """Pair-sampler interface: pair j is version ``j % n`` of real pair ``j // n`` (prompt + phrase, edges).
+
+    ``edge_source`` says which edges steer it, as in training (``common.training.TextEdgePrepareBatch``): ``"mask"``
+    (the real mask's boundary: task versions that follow their label) or ``"image"`` (Canny edges of the real image:
+    what the pretrained generator learned from, and how paper Table I rebuilds held-out images from their edges).
+    """
 
     def __init__(
         self,
@@ -125,13 +130,21 @@ class TextEdgeSampler:
         phrases: Sequence[str] | None = None,
         num_classes: int = 2,
         conditioning_scale: float = 1.0,
+        edge_source: str = "mask",
     ) -> None:
         if not pairs:
             raise InputError("TextEdgeSampler needs at least one real pair.")
+        if edge_source not in ("image", "mask"):
+            raise InputError(f"'edge_source' must be 'image' or 'mask', got {edge_source!r}.")
         missing = [p.get("name", "?") for p in pairs if "prompt" not in p]
         if missing:
             raise InputError(f"pair '{missing[0]}' has no 'prompt' (common.text_conditioning.attach_prompts).")
         self.labels = torch.stack([torch.as_tensor(np.asarray(p["label"])) for p in pairs]).long()
+        self.edges = (
+            canny_edges(torch.stack([torch.as_tensor(np.asarray(p["image"], np.float32)) for p in pairs]))
+            if edge_source == "image"
+            else mask_edges(self.labels)
+        )
         self.prompts = [p["prompt"] for p in pairs]
         self.phrases = ["", *(AUGMENTATION_PHRASES if phrases is None else phrases)]
         self.n = int(samples_per_image)
@@ -153,9 +166,10 @@ class TextEdgeSampler:
         if indices is None:
             indices = range(image_noise.shape[0])
         device = image_noise.device
-        labels = self.labels[[i // self.n for i in indices]].to(device)
+        real = [i // self.n for i in indices]
+        labels = self.labels[real].to(device)
         tokens = self.tokenizer([self.prompt(i) for i in indices]).to(device)
-        edges = mask_edges(labels).to(image_noise.dtype)
+        edges = self.edges[real].to(device=device, dtype=image_noise.dtype)
         images = self.image_sampler(
             lambda x_t, t: model(x_t, t, tokens, edges, conditioning_scale=self.conditioning_scale), image_noise
         )

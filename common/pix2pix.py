@@ -11,10 +11,10 @@ that turns a condition into an image in [-1, 1], so it lives here once and is bu
 * loss: :class:`Pix2PixLoss`, the paper's objective, MONAI ``PatchAdversarialLoss`` (BCE by default) plus
   ``l1_weight`` (100) times the L1 distance to the real image;
 * :func:`train_pix2pix` (a fixed number of alternating Adam steps), :func:`save_pix2pix` /
-  :func:`load_pix2pix_generator` and :func:`generate_with_pix2pix`.
+  :func:`load_pix2pix_generator`, :func:`generate_with_pix2pix`, and :func:`fit_pix2pix` (train once, then load).
 
 What the generator sees is up to the caller: ``condition_fn(labels, images)`` builds it from a batch, e.g.
-:func:`mask_condition` for label maps, an edge detector for DiffBoost.
+:func:`mask_condition` for label maps, :func:`edge_condition` (Canny edges of the image) for DiffBoost.
 """
 
 from __future__ import annotations
@@ -44,11 +44,13 @@ __all__ = [
     "build_discriminator",
     "discriminate",
     "mask_condition",
+    "edge_condition",
     "Pix2PixLoss",
     "train_pix2pix",
     "save_pix2pix",
     "load_pix2pix_generator",
     "generate_with_pix2pix",
+    "fit_pix2pix",
     "fit_label_to_image",
     "Pix2PixSampler",
 ]
@@ -130,6 +132,20 @@ def mask_condition(num_classes: int = 2) -> ConditionFn:
 
     def condition(labels: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         return encode_mask(labels, num_classes).to(images.device)
+
+    return condition
+
+
+def edge_condition(sigma: float = 1.0, low: float = 0.1, high: float = 0.25) -> ConditionFn:
+    """A ``condition_fn`` for edge map -> image (DiffBoost Table I): Canny edges of the image, 1 channel in {0, 1}.
+
+    The same detector and thresholds as the DiffBoost generator's image edges (:func:`common.edges.canny_edges`), so
+    both models are asked to rebuild an image from the same input.
+    """
+    from common.edges import canny_edges
+
+    def condition(labels: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        return canny_edges(images, sigma=sigma, low=low, high=high)
 
     return condition
 
@@ -362,10 +378,11 @@ def generate_with_pix2pix(
     return torch.cat(out)
 
 
-def fit_label_to_image(
+def fit_pix2pix(
     path: str | os.PathLike,
     pairs: Sequence[Mapping[str, Any]],
-    num_classes: int,
+    condition_fn: ConditionFn,
+    condition_channels: int,
     iterations: int,
     channels: Sequence[int] = (32, 64, 128, 256),
     discriminator_channels: int = 32,
@@ -375,21 +392,21 @@ def fit_label_to_image(
     seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> nn.Module:
-    """Label map -> image pix2pix: loaded from ``path`` when it exists (a rerun does not retrain), else trained on
-    ``pairs`` with :func:`mask_condition` and saved there. Returns the generator in eval mode."""
+    """A condition -> image pix2pix: loaded from ``path`` when it exists (a rerun does not retrain), else trained on
+    ``pairs`` with ``condition_fn`` (``condition_channels`` channels) and saved there. Returns the generator in eval
+    mode."""
     if os.path.isfile(path):
         logger.info("pix2pix generator found at %s; not retraining.", os.fspath(path))
         return load_pix2pix_generator(path, device)
-    condition_channels = mask_channels(num_classes)
-    config = {"in_channels": condition_channels, "out_channels": 1, "channels": list(channels)}
+    config = {"in_channels": int(condition_channels), "out_channels": 1, "channels": list(channels)}
     torch.manual_seed(seed)
     generator = build_generator(**config)
-    discriminator = build_discriminator(condition_channels + 1, channels=discriminator_channels)
+    discriminator = build_discriminator(config["in_channels"] + 1, channels=discriminator_channels)
     stats = train_pix2pix(
         generator,
         discriminator,
         pairs,
-        mask_condition(num_classes),
+        condition_fn,
         iterations=iterations,
         batch_size=batch_size,
         lr=lr,
@@ -403,23 +420,47 @@ def fit_label_to_image(
     return generator
 
 
-class Pix2PixSampler:
-    """The pair-sampler interface of :func:`common.generation.generate_pairs` for a label map -> image generator.
+def fit_label_to_image(
+    path: str | os.PathLike, pairs: Sequence[Mapping[str, Any]], num_classes: int, iterations: int, **kwargs: Any
+) -> nn.Module:
+    """:func:`fit_pix2pix` from the encoded label map (:func:`mask_condition`); ``kwargs`` as there."""
+    condition = mask_condition(num_classes)
+    return fit_pix2pix(path, pairs, condition, mask_channels(num_classes), iterations, **kwargs)
 
-    Pair ``i`` is the image for ``labels[i % len(labels)]`` (the noise arguments are ignored: pix2pix without dropout
-    at test time is deterministic); returns ``(encoded labels, images)``.
+
+class Pix2PixSampler:
+    """The pair-sampler interface of :func:`common.generation.generate_pairs` for a condition -> image generator.
+
+    Pair ``i`` is the image made from real pair ``i % len(labels)``: from its encoded label map by default, or from
+    ``condition_fn(labels, images)`` (e.g. :func:`edge_condition`, which needs ``images``); returned as
+    ``(encoded labels, images)``, so the written pair keeps the real label. The noise arguments are ignored: pix2pix
+    without dropout at test time is deterministic.
     """
 
-    def __init__(self, labels: Sequence[Any], num_classes: int) -> None:
+    def __init__(
+        self,
+        labels: Sequence[Any],
+        num_classes: int,
+        images: Sequence[Any] | None = None,
+        condition_fn: ConditionFn | None = None,
+    ) -> None:
         if len(labels) == 0:
             raise InputError("Pix2PixSampler needs at least one label map.")
+        if images is not None and len(images) != len(labels):
+            raise InputError(f"Pix2PixSampler got {len(labels)} label maps but {len(images)} images.")
+        if condition_fn is not None and images is None:
+            raise InputError("Pix2PixSampler: a 'condition_fn' needs the real 'images' it is computed from.")
         self.labels = torch.stack([torch.as_tensor(np.asarray(m)) for m in labels]).long()
+        self.images = None if images is None else torch.stack([torch.as_tensor(np.asarray(x)) for x in images]).float()
         self.num_classes = num_classes
+        self.condition_fn = condition_fn or mask_condition(num_classes)
 
     @torch.no_grad()
     def __call__(self, model: nn.Module, mask_noise: torch.Tensor, image_noise: torch.Tensor, indices=None):
         if indices is None:
             indices = range(image_noise.shape[0])
-        chosen = self.labels[[i % len(self.labels) for i in indices]].to(image_noise.device)
-        condition = encode_mask(chosen, self.num_classes).to(image_noise.dtype)
-        return condition, model(condition)
+        chosen = [i % len(self.labels) for i in indices]
+        labels = self.labels[chosen].to(image_noise.device)
+        images = torch.zeros_like(image_noise) if self.images is None else self.images[chosen].to(image_noise.device)
+        condition = _condition(self.condition_fn, labels, images).to(image_noise.dtype)
+        return encode_mask(labels, self.num_classes).to(image_noise.dtype), model(condition)

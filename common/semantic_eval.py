@@ -33,6 +33,7 @@ from common.writers import PairWriter, atomic_write_bytes
 
 __all__ = [
     "evaluate_semantic_synthesis",
+    "read_synthetic_images",
     "organ_segmenter",
     "TotalSegmentatorSegmenter",
     "volume_affine",
@@ -151,14 +152,15 @@ class TotalSegmentatorSegmenter:
         return torch.nn.functional.one_hot(labels, self.organ_classes).permute(0, 3, 1, 2).float()
 
 
-def _read_method(folder: str, count: int, num_classes: int) -> np.ndarray:
+def read_synthetic_images(folder: str, count: int, num_classes: int) -> np.ndarray:
+    """Images (count, C, H, W) of pairs 0..count-1 of a PairWriter folder; names the folder if any is missing."""
     writer = PairWriter(folder, num_classes=num_classes)
     missing = [i for i in range(count) if not writer.is_complete(i)]
     if missing:
         raise InputError(
-            f"method folder '{folder}' lacks {len(missing)} of the {count} synthetic slices "
+            f"method folder '{folder}' lacks {len(missing)} of the {count} synthetic images "
             f"(first: pair {missing[0]}); "
-            "run inference.json with the same label maps first."
+            "run the generation with the same real pairs first."
         )
     return np.stack([writer.read(i)[0] for i in range(count)])
 
@@ -206,7 +208,7 @@ def evaluate_semantic_synthesis(
     results["methods"]["real"] = {"fid": None, "psnr": None, "ssim": None, "dice": organ_dice(real)}
     synthetic: dict[str, np.ndarray] = {}
     for method, folder in methods.items():
-        images = _read_method(folder, len(real_pairs), model_classes)
+        images = read_synthetic_images(folder, len(real_pairs), model_classes)
         synthetic[method] = images
         paired = paired_image_metrics(images, real)
         results["methods"][method] = {

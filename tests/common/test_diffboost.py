@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from common.diffboost import TextEdgeSampler, generate_versions, load_versions
-from common.edges import mask_edges
+from common.edges import canny_edges, mask_edges
 from common.errors import InputError
 from common.schedulers import build_scheduler
 from common.text_conditioning import PromptTokenizer
@@ -69,6 +69,25 @@ def test_sampler_gives_each_version_its_prompt_phrase_and_mask_edges():
     assert torch.equal((masks > 0).long(), labels) and images.shape == (2, 1, 16, 16)
     with pytest.raises(InputError, match="pair 'x' has no 'prompt'"):
         TextEdgeSampler([{"name": "x", "label": real[0]["label"]}], tokenizer, None)
+
+
+def test_image_edge_source_steers_with_canny_edges_of_the_real_image():
+    real = pairs()
+    for i, p in enumerate(real):  # an image whose edges differ from its mask's boundary
+        p["image"] = -np.ones((1, 16, 16), np.float32)
+        p["image"][0, 4:12, 1 + i : 6 + i] = 1.0
+    tokenizer = PromptTokenizer.for_prompts([p["prompt"] for p in real])
+    scheduler = build_scheduler("ddim", num_train_timesteps=20)
+    sampler = TextEdgeSampler(real, tokenizer, scheduler, 2, samples_per_image=1, edge_source="image")
+    model = Recorder()
+    masks, _ = sampler(model, None, torch.randn(2, 1, 16, 16), indices=[2, 0])
+    _, edges = model.calls[0]
+    images = torch.as_tensor(np.stack([real[2]["image"], real[0]["image"]]))
+    assert torch.equal(edges, canny_edges(images)) and edges.sum() > 0
+    assert not torch.equal(edges, mask_edges(torch.as_tensor(np.stack([real[2]["label"], real[0]["label"]]))))
+    assert torch.equal((masks > 0).long()[0], torch.as_tensor(real[2]["label"]))  # still written with the real mask
+    with pytest.raises(InputError, match="'edge_source' must be 'image' or 'mask'"):
+        TextEdgeSampler(real, tokenizer, scheduler, edge_source="hed")
 
 
 def test_generated_folder_indexes_versions_by_real_name(tmp_path):

@@ -273,3 +273,47 @@ def test_fit_label_to_image_trains_once_and_the_sampler_writes_pairs(tmp_path):
         np.testing.assert_array_equal(label, np.asarray(pairs[i]["label"]))  # pair i is label map i, unchanged
     with pytest.raises(InputError, match="at least one label map"):
         pix2pix.Pix2PixSampler([], 2)
+
+
+def test_edge_to_image_pix2pix_sees_the_canny_edges_of_the_real_image(tmp_path):
+    from common.edges import canny_edges
+    from common.generation import generate_pairs
+    from common.writers import PairWriter
+
+    pairs = box_pairs(4, size=32)
+    images = stacked(pairs, "image")
+    condition = pix2pix.edge_condition()
+    torch.testing.assert_close(condition(stacked(pairs, "label"), images), canny_edges(images))
+
+    path = tmp_path / "edges" / "generator.pt"
+    kwargs = {"channels": (8, 16), "discriminator_channels": 8, "batch_size": 2}
+    generator = pix2pix.fit_pix2pix(path, pairs, condition, 1, 2, **kwargs)
+    assert generator(torch.zeros(1, 1, 32, 32)).shape == (1, 1, 32, 32)  # one input channel: the edge map
+    stamp = path.stat().st_mtime_ns
+    pix2pix.fit_pix2pix(path, pairs, condition, 1, 2, **kwargs)
+    assert path.stat().st_mtime_ns == stamp  # loaded, not retrained
+
+    class ShowCondition(torch.nn.Module):
+        """Outputs its input mapped to [-1, 1]: the written image is the condition the sampler built."""
+
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x):
+            return x * 2 - 1 + self.weight
+
+    sampler = pix2pix.Pix2PixSampler(
+        [p["label"] for p in pairs], 2, images=[p["image"] for p in pairs], condition_fn=condition
+    )
+    generate_pairs(ShowCondition(), sampler, str(tmp_path / "out"), num_pairs=4, image_size=32, batch_size=3)
+    writer = PairWriter(str(tmp_path / "out"), num_classes=2)
+    for i in range(4):
+        image, label = writer.read(i)
+        expected = canny_edges(torch.as_tensor(pairs[i]["image"])[None])[0].numpy() * 2 - 1
+        np.testing.assert_allclose(image, expected, atol=1 / 127)  # 8-bit PNG
+        np.testing.assert_array_equal(label, pairs[i]["label"])
+    with pytest.raises(InputError, match="needs the real 'images'"):
+        pix2pix.Pix2PixSampler([p["label"] for p in pairs], 2, condition_fn=condition)
+    with pytest.raises(InputError, match="4 label maps but 1 images"):
+        pix2pix.Pix2PixSampler([p["label"] for p in pairs], 2, images=[pairs[0]["image"]])

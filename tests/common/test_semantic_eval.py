@@ -74,7 +74,7 @@ def test_scores_each_method_against_the_real_slices(tmp_path):
 def test_a_method_folder_missing_slices_is_refused(tmp_path):
     pairs = slices()
     partial = write_method(tmp_path / "partial", pairs[:2], lambda x: x)
-    with pytest.raises(InputError, match="lacks 2 of the 4 synthetic slices"):
+    with pytest.raises(InputError, match="lacks 2 of the 4 synthetic images"):
         evaluate_semantic_synthesis(
             pairs, {"partial": partial}, intensity_segmenter, ORGANS, ORGANS + 1, str(tmp_path / "eval"), fid=False
         )

@@ -53,6 +53,17 @@ def test_stage_overlays_set_edges_sources_and_weights():
     assert parser("inference.json", "busi.json").get_parsed_content("ckpt_path").endswith("finetune/model.pt")
 
 
+def test_table_i_rebuilds_held_out_images_from_image_edges_with_the_pretrained_weights():
+    table_i = parser("inference.json", "pretrain.json", "table_i.json")
+    assert table_i.get_parsed_content("ckpt_path").endswith("pretrain/model.pt")
+    assert table_i["split"] == "val" and table_i["samples_per_image"] == 1  # held out; the prompt alone
+    assert table_i["edge_source"] == "image"
+    methods = table_i.get_parsed_content("methods")
+    assert list(methods) == ["DiffBoost generator (pretrained)", "Pix2Pix"]
+    assert len(set(methods.values())) == 2
+    assert parser("inference.json")["edge_source"] == "mask"  # task versions still follow their masks
+
+
 def test_evaluation_has_every_table_ii_row():
     conditions = parser("evaluate.json", "busi.json").get_parsed_content("conditions")
     assert list(conditions) == [
