@@ -116,8 +116,9 @@ class TextEdgeSampler:
     """Pair-sampler interface: pair j is version ``j % n`` of real pair ``j // n`` (prompt + phrase, edges).
 
     ``edge_source`` says which edges steer it, as in training (``common.training.TextEdgePrepareBatch``): ``"mask"``
-    (the real mask's boundary: task versions that follow their label) or ``"image"`` (Canny edges of the real image:
-    what the pretrained generator learned from, and how paper Table I rebuilds held-out images from their edges).
+    (the real mask's boundary: task versions that follow their label) or ``"image"`` (edges of the real image by
+    ``edge_detector``, Canny when None: what the pretrained generator learned from, and how paper Table I rebuilds
+    held-out images from their edges).
     """
 
     def __init__(
@@ -131,6 +132,7 @@ class TextEdgeSampler:
         num_classes: int = 2,
         conditioning_scale: float = 1.0,
         edge_source: str = "mask",
+        edge_detector: Any = None,
     ) -> None:
         if not pairs:
             raise InputError("TextEdgeSampler needs at least one real pair.")
@@ -140,11 +142,12 @@ class TextEdgeSampler:
         if missing:
             raise InputError(f"pair '{missing[0]}' has no 'prompt' (common.text_conditioning.attach_prompts).")
         self.labels = torch.stack([torch.as_tensor(np.asarray(p["label"])) for p in pairs]).long()
-        self.edges = (
-            canny_edges(torch.stack([torch.as_tensor(np.asarray(p["image"], np.float32)) for p in pairs]))
-            if edge_source == "image"
-            else mask_edges(self.labels)
-        )
+        if edge_source == "image":
+            images = torch.stack([torch.as_tensor(np.asarray(p["image"], np.float32)) for p in pairs])
+            with torch.no_grad():
+                self.edges = (edge_detector or canny_edges)(images)
+        else:
+            self.edges = mask_edges(self.labels)
         self.prompts = [p["prompt"] for p in pairs]
         self.phrases = ["", *(AUGMENTATION_PHRASES if phrases is None else phrases)]
         self.n = int(samples_per_image)

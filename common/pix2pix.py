@@ -136,16 +136,19 @@ def mask_condition(num_classes: int = 2) -> ConditionFn:
     return condition
 
 
-def edge_condition(sigma: float = 1.0, low: float = 0.1, high: float = 0.25) -> ConditionFn:
-    """A ``condition_fn`` for edge map -> image (DiffBoost Table I): Canny edges of the image, 1 channel in {0, 1}.
+def edge_condition(edge_detector: Callable[[torch.Tensor], torch.Tensor] | None = None) -> ConditionFn:
+    """A ``condition_fn`` for edge map -> image (DiffBoost Table I): the image's edges, 1 channel.
 
-    The same detector and thresholds as the DiffBoost generator's image edges (:func:`common.edges.canny_edges`), so
-    both models are asked to rebuild an image from the same input.
+    ``edge_detector`` (images -> edges) is the DiffBoost generator's (Canny, :func:`common.edges.canny_edges`, when
+    None; or :class:`common.edges.HEDEdges`), so both models are asked to rebuild an image from the same input.
     """
     from common.edges import canny_edges
 
+    detector = edge_detector or canny_edges
+
     def condition(labels: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        return canny_edges(images, sigma=sigma, low=low, high=high)
+        with torch.no_grad():
+            return detector(images)
 
     return condition
 

@@ -5,12 +5,19 @@ here is a small learned encoder over a closed prompt vocabulary: word embeddings
 trained with the diffusion model. It can only know words it was trained on, so the augmentation phrases are learned
 from real, phrase-consistent augmentations during training (:data:`AUGMENTATION_PHRASES` pairs each phrase with the
 MONAI transform that produces it); at generation the same phrases then ask for that variation.
+
+With CLIP weights kept locally (a Hugging Face folder such as openai/clip-vit-base-patch32, downloaded beforehand),
+:class:`ClipTokenizer` and :class:`ClipTextEncoder` replace the two: the CLIP text transformer stays frozen and a
+trainable linear map takes its hidden states to the U-Net's cross-attention width (the bundles' ``clip_path``). They
+need the optional ``transformers`` package (``requirements-clip.txt``) and never download anything.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,6 +33,8 @@ __all__ = [
     "attach_prompts",
     "PromptTokenizer",
     "LearnedTextEncoder",
+    "ClipTokenizer",
+    "ClipTextEncoder",
 ]
 
 PAD, UNKNOWN = "<pad>", "<unk>"
@@ -152,3 +161,66 @@ class LearnedTextEncoder(nn.Module):
         padding = tokens == 0
         padding[:, 0] = False  # an all-padding prompt still attends to its first slot
         return self.norm(self.encoder(x, src_key_padding_mask=padding))
+
+
+def _clip_folder(path: str | os.PathLike) -> tuple[Any, str]:
+    """The ``transformers`` module and the checked folder, or an error that says what is missing."""
+    folder = os.fspath(path)
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise InputError(
+            f"clip_path '{folder}' is not a folder holding a CLIP text model (config.json); save one there first, "
+            "e.g. CLIPTextModel and its tokenizer with save_pretrained (nothing is downloaded at run time)."
+        )
+    try:
+        import transformers
+    except ImportError as exc:
+        raise InputError(
+            "a CLIP text encoder needs the optional 'transformers' package: pip install -r requirements-clip.txt."
+        ) from exc
+    return transformers, folder
+
+
+class ClipTokenizer:
+    """Prompts -> (B, max_length) CLIP token ids, padded and truncated, from a tokenizer saved in ``path``."""
+
+    def __init__(self, path: str | os.PathLike, max_length: int = 16) -> None:
+        transformers, folder = _clip_folder(path)
+        if max_length < 1:
+            raise InputError(f"'max_length' must be >= 1, got {max_length}.")
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        self.max_length = int(max_length)
+
+    def __len__(self) -> int:
+        return len(self.tokenizer)
+
+    def __call__(self, prompts: str | Sequence[str]) -> torch.Tensor:
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        encoded = self.tokenizer(
+            prompts, padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
+        )
+        return encoded["input_ids"].long()
+
+
+class ClipTextEncoder(nn.Module):
+    """Token ids (B, L) -> context (B, L, dim): a frozen pretrained CLIP text transformer + a trainable linear map.
+
+    CLIP stays in eval mode (no dropout) and out of the gradient; only ``projection`` learns, so the U-Net can keep its
+    own cross-attention width. Its weights are part of the state dict like any submodule's.
+    """
+
+    def __init__(self, path: str | os.PathLike, dim: int = 64) -> None:
+        super().__init__()
+        transformers, folder = _clip_folder(path)
+        self.clip = transformers.CLIPTextModel.from_pretrained(folder, local_files_only=True)
+        self.clip.requires_grad_(False).eval()
+        self.projection = nn.Linear(self.clip.config.hidden_size, dim)
+
+    def train(self, mode: bool = True) -> ClipTextEncoder:
+        super().train(mode)
+        self.clip.eval()
+        return self
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            hidden = self.clip(input_ids=torch.as_tensor(tokens).long()).last_hidden_state
+        return self.projection(hidden)

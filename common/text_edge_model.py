@@ -57,12 +57,15 @@ def build_text_edge_model(
     max_length: int = 16,
     edge_embedding_channels: Sequence[int] = (16,),
     use_flash_attention: bool = False,
+    text_encoder: nn.Module | None = None,
 ) -> TextEdgeDiffusionModel:
     """The generator at a given width; one greyscale channel in and out, edges as one channel at image size.
 
     ``edge_embedding_channels`` of length 1 keeps the edge embedding at image resolution (pixel-space diffusion; the
     latent-space default of MONAI downsamples it 8x). ``use_flash_attention`` selects PyTorch's fused attention (the
     same function without keeping each attention matrix for the backward pass; benchmarks/training_step.py).
+    ``text_encoder``: tokens -> (B, L, text_dim) context, e.g. ``common.text_conditioning.ClipTextEncoder``; None: a
+    :class:`~common.text_conditioning.LearnedTextEncoder` over ``vocab_size`` words.
     """
     common = {
         "spatial_dims": 2,
@@ -84,4 +87,6 @@ def build_text_edge_model(
     )
     # ControlNet starts as a copy of the U-Net's encoder (its zero convolutions keep the start a no-op)
     controlnet.load_state_dict(unet.state_dict(), strict=False)
-    return TextEdgeDiffusionModel(unet, controlnet, LearnedTextEncoder(vocab_size, text_dim, max_length))
+    if text_encoder is None:
+        text_encoder = LearnedTextEncoder(vocab_size, text_dim, max_length)
+    return TextEdgeDiffusionModel(unet, controlnet, text_encoder)

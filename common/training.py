@@ -221,8 +221,9 @@ class SemanticDiffusionPrepareBatch(PrepareBatch):
 class TextEdgePrepareBatch(PrepareBatch):
     """Prompt + edge -> image batches for :class:`common.text_edge_model.TextEdgeDiffusionModel` (DiffBoost).
 
-    Batches hold ``image``, ``label`` and ``prompt`` (strings). Edges come from the image (``edge_source="image"``,
-    Canny: pretraining) or from the mask boundary (``"mask"``: task fine-tuning), always from the unaugmented image.
+    Batches hold ``image``, ``label`` and ``prompt`` (strings). Edges come from the image (``edge_source="image"``:
+    pretraining; ``edge_detector``, Canny when None, e.g. :class:`common.edges.HEDEdges`) or from the mask boundary
+    (``"mask"``: task fine-tuning), always from the unaugmented image.
     With probability ``phrase_probability`` an image gets one random augmentation phrase appended to its prompt and
     the appearance change the phrase names (:func:`common.text_conditioning.apply_phrase`), so the offline encoder
     learns what the phrases mean. Returns ``(x_t, target, (), {"timesteps", "tokens", "edges"})``.
@@ -236,7 +237,10 @@ class TextEdgePrepareBatch(PrepareBatch):
         phrase_probability: float = 0.3,
         antithetic: bool = True,
         seed: int = 0,
+        edge_detector: Any = None,
     ) -> None:
+        from common.edges import canny_edges
+
         if edge_source not in ("image", "mask"):
             raise InputError(f"'edge_source' must be 'image' or 'mask', got {edge_source!r}.")
         if not 0.0 <= phrase_probability <= 1.0:
@@ -244,18 +248,20 @@ class TextEdgePrepareBatch(PrepareBatch):
         self.scheduler = scheduler
         self.tokenizer = tokenizer
         self.edge_source = edge_source
+        self.edge_detector = edge_detector or canny_edges
         self.phrase_probability = float(phrase_probability)
         self.antithetic = antithetic
         self.random = np.random.default_rng(seed)
 
     def __call__(self, batchdata: Mapping[str, Any], device=None, non_blocking: bool = False, **kwargs: Any):
-        from common.edges import canny_edges, mask_edges
+        from common.edges import mask_edges
         from common.text_conditioning import AUGMENTATION_PHRASES, apply_phrase
 
-        image = torch.as_tensor(batchdata["image"]).float()
+        image = torch.as_tensor(batchdata["image"]).float().clone()  # the phrase changes below must not reach the batch
         label = torch.as_tensor(batchdata["label"]).long()
         prompts = list(batchdata["prompt"])
-        edges = canny_edges(image) if self.edge_source == "image" else mask_edges(label)
+        with torch.no_grad():
+            edges = self.edge_detector(image) if self.edge_source == "image" else mask_edges(label)
         phrases = list(AUGMENTATION_PHRASES)
         coins = draw_global(lambda n: self.random.random(n), image.shape[0])
         picks = draw_global(lambda n: self.random.integers(len(phrases), size=n), image.shape[0])

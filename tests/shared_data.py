@@ -1,4 +1,5 @@
-"""Where the project's real datasets are (../shared/data, or $PAIRED_SYNTH_DATA), and a skip marker for their tests."""
+"""Where the project's real datasets are (../shared/data, or $PAIRED_SYNTH_DATA), a skip marker for their tests, and
+small helpers the test modules share (config parsers, checkpoints, a tiny local CLIP folder)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 from monai.bundle import ConfigParser
 
-__all__ = ["DATA", "REPO", "needs", "config_parser", "untrained_checkpoint", "user_error"]
+__all__ = ["DATA", "REPO", "needs", "config_parser", "untrained_checkpoint", "user_error", "tiny_clip_folder"]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,3 +57,38 @@ def user_error(result: subprocess.CompletedProcess) -> str:
     assert len(errors) == 1 and result.stderr.strip().splitlines()[-1] == errors[0], result.stderr[-3000:]
     print(errors[0])  # shown with pytest -s: the messages of the README's failure table
     return errors[0]
+
+
+def tiny_clip_folder(folder: Path) -> Path:
+    """A randomly initialised CLIP text model (1 layer, width 32) and a character-level BPE tokenizer saved with
+    ``save_pretrained`` into ``folder``: the layout of a real downloaded CLIP, without a download."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab: dict[str, int] = {}
+    for char in "abcdefghijklmnopqrstuvwxyz0123456789,-":
+        vocab[char] = len(vocab)
+        vocab[char + "</w>"] = len(vocab)
+    merges = []
+    for word in ("breast", "benign", "contrast"):  # a few whole words, so tokens are not only characters
+        parts = [*word[:-1], word[-1] + "</w>"]
+        while len(parts) > 1:
+            merges.append((parts[0], parts[1]))
+            vocab.setdefault(parts[0] + parts[1], len(vocab))
+            parts = [parts[0] + parts[1], *parts[2:]]
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges)
+    config = CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        max_position_embeddings=32,
+        bos_token_id=vocab["<|startoftext|>"],
+        eos_token_id=vocab["<|endoftext|>"],
+        pad_token_id=vocab["<|endoftext|>"],
+    )
+    CLIPTextModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -86,6 +86,9 @@ def test_image_edge_source_steers_with_canny_edges_of_the_real_image():
     assert torch.equal(edges, canny_edges(images)) and edges.sum() > 0
     assert not torch.equal(edges, mask_edges(torch.as_tensor(np.stack([real[2]["label"], real[0]["label"]]))))
     assert torch.equal((masks > 0).long()[0], torch.as_tensor(real[2]["label"]))  # still written with the real mask
+    threshold = TextEdgeSampler(real, tokenizer, scheduler, 2, 1, edge_source="image", edge_detector=lambda x: x > 0)
+    threshold(model, None, torch.randn(1, 1, 16, 16), indices=[1])
+    assert torch.equal(model.calls[-1][1], torch.as_tensor(real[1]["image"] > 0).float()[None])  # a given detector
     with pytest.raises(InputError, match="'edge_source' must be 'image' or 'mask'"):
         TextEdgeSampler(real, tokenizer, scheduler, edge_source="hed")
 

@@ -1,4 +1,4 @@
-"""DiffBoost's prompts, tokenizer, text encoder and text+edge generator."""
+"""DiffBoost's prompts, tokenizers, text encoders (learned, or CLIP from a local folder) and text+edge generator."""
 
 from __future__ import annotations
 
@@ -6,8 +6,16 @@ import pytest
 import torch
 
 from common.errors import InputError
-from common.text_conditioning import AUGMENTATION_PHRASES, LearnedTextEncoder, PromptTokenizer, build_prompt
+from common.text_conditioning import (
+    AUGMENTATION_PHRASES,
+    ClipTextEncoder,
+    ClipTokenizer,
+    LearnedTextEncoder,
+    PromptTokenizer,
+    build_prompt,
+)
 from common.text_edge_model import build_text_edge_model
+from tests.shared_data import tiny_clip_folder
 
 PROMPTS = [build_prompt("US", "breast", c) for c in ("benign", "malignant", "normal")]
 
@@ -102,7 +110,7 @@ def test_phrases_change_appearance_as_named():
 
 
 def test_prepare_batch_edges_tokens_and_phrases():
-    from common.edges import mask_edges
+    from common.edges import canny_edges, mask_edges
     from common.schedulers import build_scheduler
     from common.training import TextEdgePrepareBatch
 
@@ -118,6 +126,11 @@ def test_prepare_batch_edges_tokens_and_phrases():
     # with phrases always on, every prompt grows by one phrase (two words) and the edges stay those of the mask
     _, _, _, phrased = TextEdgePrepareBatch(scheduler, tokenizer, "mask", phrase_probability=1.0)(batch)
     assert ((phrased["tokens"] > 0).sum(1) == 5).all() and torch.equal(phrased["edges"], kwargs["edges"])
+    # image edges: Canny by default, or the edge detector given (HED when a user has its weights)
+    _, _, _, canny = TextEdgePrepareBatch(scheduler, tokenizer, "image", phrase_probability=1.0)(batch)
+    assert torch.equal(canny["edges"], canny_edges(batch["image"]))  # from the image before its phrase change
+    detector = TextEdgePrepareBatch(scheduler, tokenizer, "image", edge_detector=lambda x: (x > 0).float())
+    assert torch.equal(detector(batch)[3]["edges"], (batch["image"] > 0).float())
     with pytest.raises(InputError, match="'edge_source'"):
         TextEdgePrepareBatch(scheduler, tokenizer, "hed")
 
@@ -136,3 +149,59 @@ def test_attach_prompts_reads_categories_per_image(tmp_path):
         attach_prompts([{"name": "other"}], "US", "breast", categories_csv=str(csv_path))
     with pytest.raises(InputError, match="lacks the columns 'file' and 'category'"):
         attach_prompts(pairs, "US", "breast", categories_csv=str(csv_path), category_column="category")
+
+
+@pytest.fixture(scope="module")
+def clip_folder(tmp_path_factory):
+    return tiny_clip_folder(tmp_path_factory.mktemp("clip"))
+
+
+def test_clip_tokenizer_pads_and_truncates_to_max_length(clip_folder):
+    tokenizer = ClipTokenizer(clip_folder, max_length=12)
+    # 8 tokens: start, "u" "s", ",", "breast", ",", "benign", end (whole words where the tiny BPE has merges)
+    ids = tokenizer(["US, breast, benign", "US, breast, benign, enhanced contrast"])
+    start, end = tokenizer.tokenizer.bos_token_id, tokenizer.tokenizer.eos_token_id
+    assert ids.shape == (2, 12) and ids.dtype == torch.long and (ids[:, 0] == start).all()
+    assert (ids[0, 7:] == end).all() and (ids[0, :7] != end).all()  # closed, then padded with the end token
+    assert ids[1, -1] == end and (ids[1, :11] != end).all()  # too long: truncated, still closed by the end token
+    assert len(tokenizer) == len(tokenizer.tokenizer) and torch.equal(tokenizer("US, breast, benign"), ids[:1])
+
+
+def test_clip_encoder_is_frozen_clip_plus_a_trained_projection(clip_folder):
+    from transformers import CLIPTextModel
+
+    tokenizer = ClipTokenizer(clip_folder, max_length=8)
+    encoder = ClipTextEncoder(clip_folder, dim=16).train()
+    assert not encoder.clip.training  # no dropout in the frozen part, even in train mode
+    tokens = tokenizer(PROMPTS)
+    reference = CLIPTextModel.from_pretrained(clip_folder).eval()(input_ids=tokens).last_hidden_state
+    torch.testing.assert_close(encoder(tokens), encoder.projection(reference))
+
+    model = build_text_edge_model(
+        len(tokenizer),
+        channels=(8, 16),
+        attention_levels=(False, True),
+        norm_num_groups=8,
+        num_head_channels=8,
+        text_dim=16,
+        max_length=8,
+        text_encoder=encoder,
+    )
+    clip_before = {k: v.clone() for k, v in encoder.clip.state_dict().items()}
+    projection_before = encoder.projection.weight.detach().clone()
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    x = torch.randn(3, 1, 16, 16)
+    for _ in range(3):  # output and attention projections start at zero: the context gets a gradient from step 3 on
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(x, torch.tensor([1, 5, 9]), tokens, torch.zeros_like(x)), x).backward()
+        optimizer.step()
+    assert all(torch.equal(clip_before[k], v) for k, v in encoder.clip.state_dict().items())
+    assert not torch.equal(projection_before, encoder.projection.weight)
+
+
+def test_clip_errors_name_the_folder_and_the_missing_extra(tmp_path, clip_folder, monkeypatch):
+    with pytest.raises(InputError, match=f"clip_path '{tmp_path}' is not a folder holding a CLIP text model"):
+        ClipTokenizer(tmp_path)
+    monkeypatch.setitem(__import__("sys").modules, "transformers", None)  # as if not installed
+    with pytest.raises(InputError, match="pip install -r requirements-clip.txt"):
+        ClipTextEncoder(clip_folder)

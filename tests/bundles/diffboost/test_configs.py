@@ -6,7 +6,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from tests.shared_data import REPO, config_parser
+from tests.shared_data import REPO, config_parser, tiny_clip_folder
 
 CONFIGS = REPO / "bundles" / "diffboost" / "configs"
 GENERATOR_KEYS = (
@@ -25,7 +25,11 @@ GENERATOR_KEYS = (
     "norm_num_groups",
     "text_dim",
     "edge_embedding_channels",
+    "clip_path",
     "tokenizer",
+    "text_encoder",
+    "hed_weights",
+    "edge_detector",
     "network_def",
 )
 
@@ -93,3 +97,22 @@ def test_one_generator_training_step_moves_the_weights():
     loss = trainer.loss_function(network(x_t, *args, **kwargs), target)
     loss.backward()
     assert torch.isfinite(loss) and any(q.grad is not None and q.grad.abs().sum() > 0 for q in network.parameters())
+
+
+def test_clip_path_swaps_in_a_frozen_pretrained_text_encoder(tmp_path):
+    from common.text_conditioning import ClipTextEncoder, ClipTokenizer
+
+    folder = str(tiny_clip_folder(tmp_path / "clip"))
+    p = parser("train.json")
+    p["clip_path"], p["num_synthetic"], p["batch_size"] = folder, 4, 2
+    network = p.get_parsed_content("network")
+    assert isinstance(network.text_encoder, ClipTextEncoder)
+    assert isinstance(p.get_parsed_content("tokenizer"), ClipTokenizer)
+    trainer = p.get_parsed_content("train#trainer")
+    x_t, target, args, kwargs = trainer.prepare_batch(next(iter(p.get_parsed_content("train#dataloader"))))
+    assert kwargs["tokens"].shape == (2, p["max_prompt_length"])
+    loss = trainer.loss_function(network(x_t, *args, **kwargs), target)
+    assert torch.isfinite(loss)
+    infer = parser("inference.json")
+    infer["clip_path"] = folder
+    assert infer.get_parsed_content("network_def").state_dict().keys() == network.state_dict().keys()
