@@ -51,7 +51,7 @@ def test_text_encoder_context_depends_on_the_words_not_the_padding_length():
         encoder(torch.zeros(1, 9, dtype=torch.long))
 
 
-def tiny_model(vocab: int):
+def tiny_model(vocab: int, text_encoder: torch.nn.Module | None = None):
     torch.manual_seed(0)
     return build_text_edge_model(
         vocab,
@@ -61,6 +61,7 @@ def tiny_model(vocab: int):
         norm_num_groups=8,
         text_dim=16,
         max_length=8,
+        text_encoder=text_encoder,
     )
 
 
@@ -177,16 +178,7 @@ def test_clip_encoder_is_frozen_clip_plus_a_trained_projection(clip_folder):
     reference = CLIPTextModel.from_pretrained(clip_folder).eval()(input_ids=tokens).last_hidden_state
     torch.testing.assert_close(encoder(tokens), encoder.projection(reference))
 
-    model = build_text_edge_model(
-        len(tokenizer),
-        channels=(8, 16),
-        attention_levels=(False, True),
-        norm_num_groups=8,
-        num_head_channels=8,
-        text_dim=16,
-        max_length=8,
-        text_encoder=encoder,
-    )
+    model = tiny_model(len(tokenizer), text_encoder=encoder)
     clip_before = {k: v.clone() for k, v in encoder.clip.state_dict().items()}
     projection_before = encoder.projection.weight.detach().clone()
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
