@@ -144,6 +144,16 @@ def test_resize_image_and_label():
     assert np.array_equal(big[0], np.kron([[0, 1], [2, 3]], np.ones((2, 2))))
 
 
+@pytest.mark.parametrize("shape,size", [((1, 64, 64), 8), ((1, 32, 32, 32), 4)])
+def test_resize_image_averages_when_shrinking(shape, size):
+    """Anti-aliasing: noise shrunk 8x is averaged (its spread collapses) rather than point-sampled (spread kept)."""
+    noise = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
+    small = resize_image(noise, size)
+    assert small.shape == (1, *(size,) * (len(shape) - 1))
+    assert small.std() < 0.3 * noise.std()
+    assert abs(small.mean() - noise.mean()) < 0.1
+
+
 def test_slice_and_resized_affine():
     affine = np.array([[2.0, 0, 0, -10], [0, 3.0, 0, 20], [0, 0, 5.0, 30], [0, 0, 0, 1]])
     axial = slice_affine(affine, 2, 4)
