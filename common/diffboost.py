@@ -142,12 +142,12 @@ class TextEdgeSampler:
         if missing:
             raise InputError(f"pair '{missing[0]}' has no 'prompt' (common.text_conditioning.attach_prompts).")
         self.labels = torch.stack([torch.as_tensor(np.asarray(p["label"])) for p in pairs]).long()
-        if edge_source == "image":
-            images = torch.stack([torch.as_tensor(np.asarray(p["image"], np.float32)) for p in pairs])
-            with torch.no_grad():
-                self.edges = (edge_detector or canny_edges)(images)
-        else:
-            self.edges = mask_edges(self.labels)
+        self.edge_source, self.edge_detector = edge_source, edge_detector or canny_edges
+        self.images = (
+            torch.stack([torch.as_tensor(np.asarray(p["image"], np.float32)) for p in pairs])
+            if edge_source == "image"
+            else None
+        )
         self.prompts = [p["prompt"] for p in pairs]
         self.phrases = ["", *(AUGMENTATION_PHRASES if phrases is None else phrases)]
         self.n = int(samples_per_image)
@@ -165,6 +165,15 @@ class TextEdgeSampler:
         return f"{base}, {phrase}" if phrase else base
 
     @torch.no_grad()
+    def edges(self, real: Sequence[int]) -> torch.Tensor:
+        """Edge maps of real pairs ``real`` (repeats allowed), computed per batch: an edge network such as HED over
+        every training image at once would hold gigabytes of activations."""
+        unique, inverse = torch.unique(torch.as_tensor(list(real)), return_inverse=True)
+        if self.edge_source == "image":
+            return self.edge_detector(self.images[unique])[inverse]
+        return mask_edges(self.labels[unique])[inverse]
+
+    @torch.no_grad()
     def __call__(self, model: Any, mask_noise: torch.Tensor, image_noise: torch.Tensor, indices=None):
         if indices is None:
             indices = range(image_noise.shape[0])
@@ -172,7 +181,7 @@ class TextEdgeSampler:
         real = [i // self.n for i in indices]
         labels = self.labels[real].to(device)
         tokens = self.tokenizer([self.prompt(i) for i in indices]).to(device)
-        edges = self.edges[real].to(device=device, dtype=image_noise.dtype)
+        edges = self.edges(real).to(device=device, dtype=image_noise.dtype)
         images = self.image_sampler(
             lambda x_t, t: model(x_t, t, tokens, edges, conditioning_scale=self.conditioning_scale), image_noise
         )

@@ -93,6 +93,28 @@ def test_image_edge_source_steers_with_canny_edges_of_the_real_image():
         TextEdgeSampler(real, tokenizer, scheduler, edge_source="hed")
 
 
+def test_image_edges_are_detected_per_batch_once_per_real_image():
+    """An edge network over every training image at once would need gigabytes; the sampler runs it on the batch."""
+    real = pairs()
+    for seed, p in enumerate(real):
+        p["image"] = np.random.default_rng(seed).uniform(-1, 1, (1, 16, 16)).astype(np.float32)
+    seen = []
+
+    def detector(images):
+        seen.append(images.shape[0])
+        return (images > 0).float()
+
+    tokenizer = PromptTokenizer.for_prompts([p["prompt"] for p in real])
+    scheduler = build_scheduler("ddim", num_train_timesteps=20)
+    sampler = TextEdgeSampler(real, tokenizer, scheduler, 2, 2, edge_source="image", edge_detector=detector)
+    assert seen == []  # nothing at construction
+    model = Recorder()
+    sampler(model, None, torch.randn(3, 1, 16, 16), indices=[0, 1, 4])  # real images 0, 0, 2
+    assert seen == [2]
+    expected = torch.as_tensor(np.stack([real[i]["image"] for i in (0, 0, 2)]) > 0).float()
+    assert torch.equal(model.calls[0][1], expected)
+
+
 def test_generated_folder_indexes_versions_by_real_name(tmp_path):
     real = pairs()
     tokenizer = PromptTokenizer.for_prompts([p["prompt"] for p in real])
