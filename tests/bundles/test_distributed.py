@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.bundle_runner import bundle_command, run_bundle
 from tests.shared_data import REPO
 
 # (bundle, training config, tiny overlay, its batch-size key, loss is a mean over samples). DDP averages the ranks'
@@ -36,14 +37,10 @@ SAVE_WEIGHTS = {
 }
 
 
-def launch(launcher: list[str], files: list[Path], root: Path, batch: tuple[str, int]) -> subprocess.CompletedProcess:
-    """Runs ``monai.bundle run`` with ``batch`` = (batch-size key, value) on the command line; only keys the
-    configs define are accepted there (common.overrides)."""
-    config = "[" + ",".join(f"'{f}'" for f in files) + "]"
-    overrides = ["--output_dir", str(root / "out"), "--ckpt_dir", str(root / "models"), f"--{batch[0]}", str(batch[1])]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [*launcher, "-m", "monai.bundle", "run", "--config_file", config, *overrides]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+def overrides(root: Path, batch: tuple[str, int]) -> list[str]:
+    """Output folders and ``batch`` = (batch-size key, value) on the command line; only keys the configs define are
+    accepted there (common.overrides)."""
+    return ["--output_dir", str(root / "out"), "--ckpt_dir", str(root / "models"), f"--{batch[0]}", str(batch[1])]
 
 
 @pytest.mark.parametrize("bundle,train,tiny,batch_key,per_sample_loss", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
@@ -53,10 +50,12 @@ def test_two_processes_match_one_process_on_the_global_batch(bundle, train, tiny
     overlay.write_text(json.dumps({**SHORT, **SAVE_WEIGHTS}))
     base = [configs / train, REPO / "tests" / "configs" / tiny, overlay]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-
-    ddp = launch(torchrun, [*base[:2], configs / "multi_gpu_train.json", overlay], tmp_path / "ddp", (batch_key, 2))
+    ddp_files = [*base[:2], configs / "multi_gpu_train.json", overlay]
+    cmd = bundle_command(ddp_files, *overrides(tmp_path / "ddp", (batch_key, 2)), python=torchrun)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores
+    ddp = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert ddp.returncode == 0, ddp.stderr[-4000:]
-    single = launch([sys.executable], base, tmp_path / "single", (batch_key, 4))
+    single = run_bundle(base, *overrides(tmp_path / "single", (batch_key, 4)))
     assert single.returncode == 0, single.stderr[-4000:]
 
     rank0, rank1 = (torch.load(tmp_path / "ddp" / "out" / f"weights_rank{r}.pt", weights_only=True) for r in (0, 1))

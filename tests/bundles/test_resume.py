@@ -9,13 +9,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from tests.bundle_runner import bundle_command, run_bundle
 from tests.shared_data import REPO, untrained_checkpoint
 
 CONFIGS = REPO / "bundles" / "pig" / "configs"
@@ -23,8 +23,12 @@ TINY = REPO / "tests" / "configs" / "pig_tiny.json"
 
 
 def command(config: str, *overrides: str) -> list[str]:
-    files = f"['{CONFIGS / config}','{TINY}']"
-    return [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, *overrides]
+    return bundle_command([CONFIGS / config, TINY], *overrides)
+
+
+def rerun(config: str, *overrides: str) -> subprocess.CompletedProcess:
+    """The same command again, after the kill (in this process: nothing about it needs a fresh interpreter)."""
+    return run_bundle([CONFIGS / config, TINY], *overrides)
 
 
 def kill_when(cmd: list[str], ready, timeout: float = 240) -> None:
@@ -47,20 +51,20 @@ def checkpoint_epochs(folder: Path) -> list[int]:
 
 def test_killed_training_resumes_iteration_and_optimizer_state(tmp_path):
     models = tmp_path / "models"
-    epochs, per_epoch = 30, 2
-    cmd = command(
+    epochs, per_epoch = 12, 2
+    args = (
         "train.json", "--output_dir", str(tmp_path / "out"), "--ckpt_dir", str(models), "--preview_interval", "0",
         "--max_epochs", str(epochs), "--iterations_per_epoch", str(per_epoch),
     )  # fmt: skip
-    kill_when(cmd, lambda: any(e >= 2 for e in checkpoint_epochs(models)))
+    kill_when(command(*args), lambda: any(e >= 2 for e in checkpoint_epochs(models)))
     assert not (models / "model.pt").exists(), "killed before the end"
     killed_at = max(checkpoint_epochs(models))
     state = torch.load(models / f"checkpoint_epoch={killed_at}.pt", weights_only=True)  # complete, loadable
     assert state["trainer"]["iteration"] == killed_at * per_epoch
 
-    rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    log = rerun.stdout + rerun.stderr
+    again = rerun(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = again.stdout + again.stderr
     assert f"resuming from {models / f'checkpoint_epoch={killed_at}.pt'}" in log
     completed = [int(e) for e in re.findall(r"Epoch\[(\d+)\] Complete", log)]
     assert completed == list(range(killed_at + 1, epochs + 1)), "the rerun must continue after the checkpoint"
@@ -82,19 +86,19 @@ def test_killed_training_resumes_iteration_and_optimizer_state(tmp_path):
 def test_killed_generation_writes_only_the_missing_pairs(tmp_path):
     untrained_checkpoint(tmp_path / "models", CONFIGS / "inference.json", TINY)
     pairs, total = tmp_path / "pairs", 96
-    cmd = command(
+    args = (
         "inference.json", "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(pairs),
         "--num_pairs", str(total), "--batch_size", "4", "--num_inference_steps", "10",
     )  # fmt: skip
     labels = pairs / "labels"
-    kill_when(cmd, lambda: labels.is_dir() and len(list(labels.glob("pair_*.png"))) >= 8)
+    kill_when(command(*args), lambda: labels.is_dir() and len(list(labels.glob("pair_*.png"))) >= 8)
     assert not (pairs / "datalist.json").exists(), "a datalist before all pairs are written"
     before = {p.name: p.stat().st_mtime_ns for p in (pairs / "images").glob("pair_*.png")}
     assert 8 <= len(before) < total
 
-    rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    done = re.search(r"'already_complete': (\d+)", rerun.stdout + rerun.stderr)
+    again = rerun(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    done = re.search(r"'already_complete': (\d+)", again.stdout + again.stderr)
     assert done and int(done.group(1)) >= len(before) - 1  # a pair whose label was not yet written is redone
     unchanged = [n for n, t in before.items() if (pairs / "images" / n).stat().st_mtime_ns == t]
     assert len(unchanged) >= len(before) - 1, "complete pairs were rewritten"

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
+from tests.bundle_runner import run_bundle
 from tests.shared_data import REPO
 
 mlflow = pytest.importorskip("mlflow", reason="tracking extra not installed (pip install -r requirements-tracking.txt)")
 
 
 def test_mlflow_tracking_writes_a_local_run_with_the_loss_curve(tmp_path):
-    files = f"['{REPO / 'bundles/pig/configs/train.json'}','{REPO / 'tests/configs/pig_tiny.json'}']"
+    files = [REPO / "bundles/pig/configs/train.json", REPO / "tests/configs/pig_tiny.json"]
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, "--output_dir", str(out),
-           "--ckpt_dir", str(tmp_path / "models"), "--preview_interval", "0", "--tracking", "mlflow"]  # fmt: skip
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = run_bundle(files, "--output_dir", str(out), "--ckpt_dir", str(tmp_path / "models"),
+                        "--preview_interval", "0", "--tracking", "mlflow")  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
 
     client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlruns.db'}")

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from common import seg_eval
 from common.data import load_dataset
 from common.errors import InputError
 from common.writers import PairWriter, write_datalist
+from tests.bundle_runner import run_bundle
 from tests.shared_data import REPO
 
 EVALUATE = REPO / "bundles" / "pig" / "configs" / "evaluate.json"
@@ -370,9 +369,7 @@ def test_same_pairs_in_train_and_test_is_refused(data, tmp_path):
 
 
 def bundle(*overrides: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", f"['{EVALUATE}','{TINY}']", *overrides]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    return run_bundle([EVALUATE, TINY], *overrides)
 
 
 def test_bundle_end_to_end(data, tmp_path):

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.bundle_runner import run_bundle
 from tests.shared_data import DATA, REPO, needs
 
 CONFIGS = REPO / "bundles" / "ct_semantic_synthesis" / "configs"
@@ -22,9 +22,7 @@ pytestmark = [needs("ct_abdomen", "ct.nii.gz"), needs("ct_abdomen", "dicom")]
 
 
 def run_stage(config: str, *overrides: str) -> subprocess.CompletedProcess:
-    files = f"['{CONFIGS / config}','{TINY}']"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, *overrides]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    return run_bundle([CONFIGS / config, TINY], *overrides)
 
 
 @pytest.fixture(scope="module")

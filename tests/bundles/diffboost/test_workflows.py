@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.bundle_runner import run_bundle
 from tests.shared_data import DATA, REPO, needs
 
 CONFIGS = REPO / "bundles" / "diffboost" / "configs"
@@ -20,9 +20,7 @@ pytestmark = [needs("busi"), needs("cxr_lungs"), needs("ct_abdomen", "ct.nii.gz"
 
 
 def run_stage(*configs: str, overrides: tuple[str, ...]) -> subprocess.CompletedProcess:
-    files = "[" + ",".join(f"'{CONFIGS / c}'" for c in configs) + f",'{TINY}']"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, "--data_root", str(DATA), *overrides]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    return run_bundle([*(CONFIGS / c for c in configs), TINY], "--data_root", str(DATA), *overrides)
 
 
 @pytest.fixture(scope="module")

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.bundle_runner import run_bundle
 from tests.shared_data import REPO
 
 CONFIGS = REPO / "bundles" / "diffuse_expand" / "configs"
 TINY = REPO / "tests" / "configs" / "diffuse_expand_tiny.json"
 
 
-def run_stage(config: str, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    files = f"['{CONFIGS / config}','{TINY}']"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, *overrides]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+def run_stage(config: str, *overrides: str) -> subprocess.CompletedProcess:
+    return run_bundle([CONFIGS / config, TINY], *overrides)
 
 
 @pytest.fixture(scope="module")

@@ -6,23 +6,21 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.bundle_runner import run_bundle
 from tests.shared_data import REPO, needs
 
 CONFIGS = REPO / "bundles" / "pig" / "configs"
 TINY = REPO / "tests" / "configs" / "pig_tiny.json"
 
 
-def run_bundle(config: str, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    files = f"['{CONFIGS / config}','{TINY}']"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, *overrides]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+def run_stage(config: str, *overrides: str) -> subprocess.CompletedProcess:
+    return run_bundle([CONFIGS / config, TINY], *overrides)
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -32,7 +30,7 @@ def digest(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("pig")
-    result = run_bundle("train.json", "--output_dir", str(root / "train"), "--ckpt_dir", str(root / "models"))
+    result = run_stage("train.json", "--output_dir", str(root / "train"), "--ckpt_dir", str(root / "models"))
     assert result.returncode == 0, result.stderr[-3000:]
     return root
 
@@ -50,7 +48,7 @@ def test_training_writes_checkpoints_history_and_previews(trained):
 
 def test_inference_writes_binary_pairs_datalist_and_preview(trained):
     out = trained / "gen_a"
-    result = run_bundle(
+    result = run_stage(
         "inference.json", "--ckpt_dir", str(trained / "models"), "--output_dir", str(out), "--batch_size", "2"
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -72,7 +70,7 @@ def test_inference_writes_binary_pairs_datalist_and_preview(trained):
 def test_same_seed_same_pairs_and_resume_writes_only_missing(trained):
     a, b = trained / "gen_seed_a", trained / "gen_seed_b"
     for out in (a, b):
-        result = run_bundle(
+        result = run_stage(
             "inference.json",
             "--ckpt_dir",
             str(trained / "models"),
@@ -90,7 +88,7 @@ def test_same_seed_same_pairs_and_resume_writes_only_missing(trained):
     (b / "labels" / "pair_000003.png").unlink()
     (b / "images" / "pair_000004.png").unlink()
     (b / "labels" / "pair_000004.png").unlink()
-    result = run_bundle(
+    result = run_stage(
         "inference.json",
         "--ckpt_dir",
         str(trained / "models"),
@@ -106,7 +104,7 @@ def test_same_seed_same_pairs_and_resume_writes_only_missing(trained):
     assert digest(a / "labels") == digest(b / "labels")
     other = trained / "gen_seed_c"
     assert (
-        run_bundle(
+        run_stage(
             "inference.json",
             "--ckpt_dir",
             str(trained / "models"),
@@ -123,15 +121,8 @@ def test_same_seed_same_pairs_and_resume_writes_only_missing(trained):
 
 
 def run_overlay(configs: list[str], *overrides: str) -> subprocess.CompletedProcess:
-    files = (
-        "["
-        + ",".join(f"'{CONFIGS / c}'" for c in configs[:1])
-        + f",'{TINY}',"
-        + ",".join(f"'{CONFIGS / c}'" for c in configs[1:])
-        + "]"
-    )
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files, *overrides]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    """The base config, the tiny overlay, then the method overlays (which must win over the tiny settings)."""
+    return run_bundle([CONFIGS / configs[0], TINY, *(CONFIGS / c for c in configs[1:])], *overrides)
 
 
 def test_mask_conditioned_baseline_uses_the_real_training_masks(trained):
@@ -187,7 +178,7 @@ def test_multiclass_label_maps_train_and_generate(tmp_path):
     from tests.shared_data import DATA
 
     common = ["--num_classes", "4", "--ckpt_dir", str(tmp_path / "models")]
-    result = run_bundle(
+    result = run_stage(
         "train.json",
         "--dataset_dir",
         str(DATA / "cxr_lungs"),
@@ -199,7 +190,7 @@ def test_multiclass_label_maps_train_and_generate(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "gen"
-    result = run_bundle("inference.json", "--output_dir", str(out), "--num_pairs", "3", *common)
+    result = run_stage("inference.json", "--output_dir", str(out), "--num_pairs", "3", *common)
     assert result.returncode == 0, result.stderr[-3000:]
     for i in range(3):
         label = np.asarray(Image.open(out / "labels" / f"pair_{i:06d}.png"))
@@ -227,13 +218,13 @@ def test_nifti_volume_in_nifti_pairs_out(tmp_path):
         )
     )
     common = ["--num_classes", "14", "--ckpt_dir", str(tmp_path / "models")]
-    result = run_bundle(
+    result = run_stage(
         "train.json", "--datalist", str(datalist), "--max_pairs", "8", "--output_dir", str(tmp_path / "train"), *common
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "models" / "training_data.json").read_text())["format"] == "nifti"
     out = tmp_path / "gen"
-    result = run_bundle("inference.json", "--output_dir", str(out), "--num_pairs", "2", *common)
+    result = run_stage("inference.json", "--output_dir", str(out), "--num_pairs", "2", *common)
     assert result.returncode == 0, result.stderr[-3000:]
     items = json.loads((out / "datalist.json").read_text())["training"]
     assert all(item["image"].endswith(".nii.gz") and item["label"].endswith(".nii.gz") for item in items)
@@ -243,7 +234,7 @@ def test_nifti_volume_in_nifti_pairs_out(tmp_path):
 
 def test_inference_with_ddim_the_papers_sampler(trained):
     out = trained / "gen_ddim"
-    result = run_bundle(
+    result = run_stage(
         "inference.json",
         "--ckpt_dir",
         str(trained / "models"),
