@@ -8,6 +8,7 @@ its Table I (issue 6's benchmark). Resumable.
 3. generate --augment_ratio versions of every one of those pairs (inference.json);
 4. Table II: AttentionUnet on the real pairs alone, with each conventional augmentation, DeepStack, and DiffBoost
    patch mixing (alpha 0.6, patch 16), --seeds, tested on the BUSI test split (evaluate.json);
+   --diffboost_with adds rows of DiffBoost combined with named augmentations (not in the paper);
 5. ablation: DiffBoost at alpha in --alphas (patch 16) and patch size in --patch_sizes (alpha 0.6);
 6. Table I: the pooled val images rebuilt from their Canny edges by the pretrained generator and by Pix2Pix trained
    --pix2pix_iterations on the same pooled train split (table_i.json), MAE / MSE / RMSE / SSIM / MS-SSIM.
@@ -53,6 +54,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--ablation_seeds", type=int, nargs="+", default=None, help="default: --seeds")
     parser.add_argument("--network", default="attention_unet")
+    parser.add_argument(
+        "--diffboost_with", nargs="*", default=[], help="Table II augmentations to also combine with DiffBoost"
+    )
     parser.add_argument("--alphas", type=float, nargs="*", default=[0.0, 0.2, 0.4, 0.8, 1.0])
     parser.add_argument("--patch_sizes", type=int, nargs="*", default=[4, 8, 32, 64])
     parser.add_argument("--pix2pix_iterations", type=int, default=1500, help="Table I baseline; 0 skips Table I")
@@ -105,7 +109,7 @@ def main() -> None:
             str(versions),
         )
 
-    def evaluate(name: str, conditions: dict | None, seeds: list[int]) -> dict:
+    def evaluate(name: str, conditions: dict | None, seeds: list[int], *more: str) -> dict:
         out = work / name
         overrides = [
             *data,
@@ -120,6 +124,7 @@ def main() -> None:
             repr(seeds),
             "--output_dir",
             str(out),
+            *more,
         ]
         if conditions is not None:  # paired differences against the first condition
             overrides += ["--conditions", repr(conditions), "--baseline", next(iter(conditions))]
@@ -127,7 +132,7 @@ def main() -> None:
         stage(["evaluate.json", "busi.json"], extra, *overrides)
         return json.loads((out / "results.json").read_text())
 
-    table = evaluate("table_ii", None, args.seeds)
+    table = evaluate("table_ii", None, args.seeds, "--diffboost_with", repr(args.diffboost_with))
     ablation = {}
     if args.alphas or args.patch_sizes:
         mixes = {f"alpha{a:g}": {"alpha": a, "patch_size": 16} for a in args.alphas}

@@ -15,6 +15,10 @@ RandomRotate       rotate by up to 30 degrees (``RandRotated``)
 RandomScale        zoom by 0.7-1.4, same size (``RandZoomd``)
 DeepStack          all of the above in that order
 =================  ==============================================================================================
+
+``image_keys`` names every image the augmentation must treat alike: DiffBoost's patch mixing passes its generated
+versions (``"synthetic"``, versions as channels) with the real image, so one draw rotates the real image, its label
+and its versions together and the mixed patches stay aligned.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import torch
+from monai.data.meta_obj import get_track_meta
 from monai.transforms import (
     RandAdjustContrastd,
     RandFlipd,
@@ -32,48 +38,62 @@ from monai.transforms import (
     RandSimulateLowResolutiond,
     RandZoomd,
 )
+from monai.utils import convert_to_tensor
 
 from common.errors import InputError
 
 __all__ = ["AUGMENTATIONS", "conventional_augmentation"]
 
-KEYS = ("image", "label")
+
+class _OneDrawLowResolutiond(RandSimulateLowResolutiond):
+    """``RandSimulateLowResolutiond`` with one zoom factor for all keys (MONAI 1.6 draws it again per key)."""
+
+    def __call__(self, data):
+        d = dict(data)
+        self.randomize(None)
+        if self._do_transform:
+            self.sim_lowres_tfm.randomize()
+        for key in self.key_iterator(d):
+            if self._do_transform:
+                d[key] = self.sim_lowres_tfm(d[key], randomize=False)
+            else:
+                d[key] = convert_to_tensor(d[key], track_meta=get_track_meta(), dtype=torch.float32)
+        return d
 
 
-def _builders(prob: float) -> dict[str, Callable[[], list]]:
+def _builders(prob: float, images: tuple[str, ...]) -> dict[str, Callable[[], list]]:
+    keys = (*images, "label")
+    modes = ("bilinear",) * len(images) + ("nearest",)
     return {
-        "RandomContrast": lambda: [RandScaleIntensityFixedMeand(keys="image", prob=prob, factors=0.25)],
-        "RandomGamma": lambda: [RandAdjustContrastd(keys="image", prob=prob, gamma=(0.7, 1.5))],
-        "RandomBrightness": lambda: [RandScaleIntensityd(keys="image", prob=prob, factors=0.25)],
-        "RandomNoise": lambda: [RandGaussianNoised(keys="image", prob=prob, mean=0.0, std=0.1)],
+        "RandomContrast": lambda: [RandScaleIntensityFixedMeand(keys=images, prob=prob, factors=0.25)],
+        "RandomGamma": lambda: [RandAdjustContrastd(keys=images, prob=prob, gamma=(0.7, 1.5))],
+        "RandomBrightness": lambda: [RandScaleIntensityd(keys=images, prob=prob, factors=0.25)],
+        "RandomNoise": lambda: [RandGaussianNoised(keys=images, prob=prob, mean=0.0, std=0.1)],
         "RandomResolution": lambda: [
-            RandSimulateLowResolutiond(keys="image", prob=prob, upsample_mode="bilinear", zoom_range=(0.5, 1.0))
+            _OneDrawLowResolutiond(keys=images, prob=prob, upsample_mode="bilinear", zoom_range=(0.5, 1.0))
         ],
         "RandomMirror": lambda: [
-            RandFlipd(keys=KEYS, prob=prob, spatial_axis=0),
-            RandFlipd(keys=KEYS, prob=prob, spatial_axis=1),
+            RandFlipd(keys=keys, prob=prob, spatial_axis=0),
+            RandFlipd(keys=keys, prob=prob, spatial_axis=1),
         ],
         "RandomRotate": lambda: [
-            RandRotated(
-                keys=KEYS, prob=prob, range_x=math.radians(30), mode=("bilinear", "nearest"), padding_mode="border"
-            )
+            RandRotated(keys=keys, prob=prob, range_x=math.radians(30), mode=modes, padding_mode="border")
         ],
         "RandomScale": lambda: [
-            RandZoomd(
-                keys=KEYS, prob=prob, min_zoom=0.7, max_zoom=1.4, mode=("bilinear", "nearest"), padding_mode="edge"
-            )
+            RandZoomd(keys=keys, prob=prob, min_zoom=0.7, max_zoom=1.4, mode=modes, padding_mode="edge")
         ],
     }
 
 
-AUGMENTATIONS = (*_builders(0.5), "DeepStack")
+AUGMENTATIONS = (*_builders(0.5, ("image",)), "DeepStack")
 
 
-def conventional_augmentation(name: str, prob: float = 0.5) -> list:
-    """The MONAI transforms of one Table II augmentation (``DeepStack``: all of them), each applied with ``prob``."""
+def conventional_augmentation(name: str, prob: float = 0.5, image_keys: tuple[str, ...] = ("image",)) -> list:
+    """The MONAI transforms of one Table II augmentation (``DeepStack``: all of them), each applied with ``prob`` to
+    ``image_keys`` (and, if spatial, to ``"label"`` by nearest neighbour)."""
     if not 0.0 <= float(prob) <= 1.0:
         raise InputError(f"augmentation 'prob' must be in [0, 1], got {prob!r}.")
-    builders = _builders(float(prob))
+    builders = _builders(float(prob), tuple(image_keys))
     if name == "DeepStack":
         return [t for build in builders.values() for t in build()]
     if name not in builders:

@@ -43,11 +43,13 @@ from monai.networks.utils import one_hot
 from monai.transforms import (
     Compose,
     EnsureTyped,
+    Lambdad,
     RandAdjustContrastd,
     RandAffined,
     RandFlipd,
     RandGaussianNoised,
     RandScaleIntensityFixedMeand,
+    SqueezeDimd,
 )
 from PIL import Image, ImageDraw, ImageFont
 
@@ -242,14 +244,15 @@ def load_segmenter(path: str | os.PathLike, device: str | torch.device = "cpu") 
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def augmentation() -> list[Callable]:
+def augmentation(image_keys: Sequence[str] = ("image",)) -> list[Callable]:
     """Conventional on-the-fly augmentation of cached (1, H, W) pairs in [-1, 1] (MONAI dictionary transforms).
 
     Left-right flip, ±15° rotation with ±10 % zoom (label by nearest neighbour), gamma 0.7-1.5, contrast ×(1 ± 0.2)
     around the mean and Gaussian noise σ 0.05: mild enough to keep ultrasound and X-ray plausible. No up-down flip,
-    which no scanner produces.
+    which no scanner produces. ``image_keys``: every image moved and changed alike (one draw), e.g. DiffBoost versions.
     """
-    keys = ["image", "label"]
+    images = list(image_keys)
+    keys = [*images, "label"]
     return [
         RandFlipd(keys=keys, prob=0.5, spatial_axis=1),
         RandAffined(
@@ -257,12 +260,12 @@ def augmentation() -> list[Callable]:
             prob=0.5,
             rotate_range=math.radians(15),
             scale_range=(0.1, 0.1),
-            mode=("bilinear", "nearest"),
+            mode=("bilinear",) * len(images) + ("nearest",),
             padding_mode="border",
         ),
-        RandAdjustContrastd(keys="image", prob=0.3, gamma=(0.7, 1.5)),
-        RandScaleIntensityFixedMeand(keys="image", prob=0.3, factors=0.2),
-        RandGaussianNoised(keys="image", prob=0.2, mean=0.0, std=0.05),
+        RandAdjustContrastd(keys=images, prob=0.3, gamma=(0.7, 1.5)),
+        RandScaleIntensityFixedMeand(keys=images, prob=0.3, factors=0.2),
+        RandGaussianNoised(keys=images, prob=0.2, mean=0.0, std=0.05),
     ]
 
 
@@ -287,17 +290,33 @@ def _augmentation_name(augment: bool | str) -> str:
     return "augmentation" if augment is True else f"{augment} augmentation"
 
 
-def _training_dataset(pairs: Sequence[Mapping[str, Any]], augment: bool | str, seed: int) -> Dataset:
-    """``augment``: False, True (:func:`augmentation`) or a name from :data:`common.augmentations.AUGMENTATIONS`."""
-    items = training_items(pairs)
+def _versions_first(versions: torch.Tensor) -> torch.Tensor:
+    """(n, H, W) versions-as-channels back to the (n, 1, H, W) that :class:`PatchMixPrepareBatch` stacks."""
+    return versions[:, None]
+
+
+def _training_dataset(
+    pairs: Sequence[Mapping[str, Any]], augment: bool | str, seed: int, with_versions: bool = False
+) -> Dataset:
+    """``augment``: False, True (:func:`augmentation`) or a name from :data:`common.augmentations.AUGMENTATIONS`.
+
+    ``with_versions`` keeps each pair's DiffBoost versions (``"synthetic"``, (n, 1, H, W)); a Table II augmentation
+    then moves them with the real image (one random draw), as n channels of one 2D image.
+    """
+    items = training_items(pairs, extra_keys=("synthetic",) if with_versions else ())
     if not augment:
         return Dataset(data=items)
-    transforms = augmentation() if augment is True else conventional_augmentation(augment)
+    images = ("image", "synthetic") if with_versions else ("image",)
+    transforms = augmentation(images) if augment is True else conventional_augmentation(augment, image_keys=images)
+    versions_in = [SqueezeDimd(keys="synthetic", dim=1)] if with_versions else []
+    versions_out = [Lambdad(keys="synthetic", func=_versions_first)] if with_versions else []
     transform = Compose(
         [
-            EnsureTyped(keys=["image", "label"], track_meta=False),
+            EnsureTyped(keys=[*images, "label"], track_meta=False),
+            *versions_in,
             *transforms,
-            EnsureTyped(keys="image", dtype=torch.float32, track_meta=False),
+            *versions_out,
+            EnsureTyped(keys=list(images), dtype=torch.float32, track_meta=False),
             EnsureTyped(keys="label", dtype=torch.long, track_meta=False),
         ]
     )
@@ -322,7 +341,8 @@ def train_segmenter(
 
     ``patch_mix`` (``{"alpha", "patch_size", "mode"}``) trains DiffBoost-style (:mod:`common.patch_mixing`): every pair
     then carries ``"synthetic"``, its (n, 1, H, W) generated versions, and each step mixes one of them into the real
-    image patch-wise (or mixes the logits, ``mode="logits"``); not combined with ``augment``.
+    image patch-wise (or mixes the logits, ``mode="logits"``); a named ``augment`` transforms the real image and its
+    versions alike before mixing.
 
     A MONAI ``SupervisedTrainer`` runs one "epoch" of ``iterations`` batches from :func:`common.training.
     iteration_loader`, so the step count does not depend on the dataset size (16 or 1000 pairs get the same budget)
@@ -339,13 +359,11 @@ def train_segmenter(
     prepare_batch: Any = default_prepare_batch
     inferer: Any = SimpleInferer()
     if patch_mix:
-        if augment:
-            raise InputError("'patch_mix' and 'augment' cannot be combined in one segmenter run.")
         mix = _check_patch_mix(patch_mix, "patch_mix")
         missing = [p.get("name", "?") for p in pairs if "synthetic" not in p]
         if missing:
             raise InputError(f"patch mixing needs the synthetic versions of every pair; '{missing[0]}' has none.")
-        dataset = Dataset(data=training_items(pairs, extra_keys=("synthetic",)))
+        dataset = _training_dataset(pairs, augment, seed, with_versions=True)
         prepare_batch = PatchMixPrepareBatch(mix["alpha"], mix["patch_size"], seed=seed)
         inferer = PatchMixInferer(mix["mode"])
     else:
@@ -752,8 +770,8 @@ def _check_condition_patch_mix(name: str, spec: Mapping[str, Any], folds: int | 
     for each in [folder.format(fold=f) for f in range(folds)] if "{fold}" in folder else [folder]:
         if not os.path.isfile(os.path.join(each, "sources.json")):
             raise InputError(f"patch_mix folder '{each}' of condition '{name}' has no sources.json.")
-    if spec.get("augment") or spec.get("synthetic") or not spec.get("real", True):
-        raise InputError(f"condition '{name}': 'patch_mix' trains on the real pairs alone (no augment, no synthetic).")
+    if spec.get("synthetic") or not spec.get("real", True):
+        raise InputError(f"condition '{name}': 'patch_mix' trains on the real pairs alone (no 'synthetic' folders).")
     return {**mix, "folder": folder if "{fold}" in folder else str(Path(folder).resolve())}
 
 

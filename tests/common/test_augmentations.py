@@ -46,6 +46,20 @@ def test_mirror_moves_image_and_label_together():
     assert torch.allclose(torch.as_tensor(out["image"]), flipped["image"].flip(1).flip(2))
 
 
+@pytest.mark.parametrize("name", AUGMENTATIONS)
+def test_every_image_key_gets_the_same_draw(name):
+    """DiffBoost's versions (n channels of one image) must move and change exactly as the real image does."""
+    transform = Compose(conventional_augmentation(name, prob=1.0, image_keys=("image", "synthetic")))
+    transform.set_random_state(seed=0)
+    for _ in range(3):
+        pair = sample()
+        out = transform({**pair, "synthetic": pair["image"].repeat(3, 1, 1)})
+        image, versions = torch.as_tensor(out["image"]), torch.as_tensor(out["synthetic"])
+        assert versions.shape == (3, 32, 32)
+        assert not torch.allclose(image, pair["image"])
+        assert torch.allclose(versions, image.expand(3, -1, -1), atol=1e-5)
+
+
 def test_deepstack_is_all_of_them_and_errors_are_clear():
     assert len(conventional_augmentation("DeepStack")) == sum(
         len(conventional_augmentation(n)) for n in AUGMENTATIONS if n != "DeepStack"

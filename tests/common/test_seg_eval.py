@@ -430,10 +430,27 @@ def test_patch_mixing_with_alpha_one_is_real_only_training(data):
         states.append(model.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])  # alpha = 1: only real patches
     assert any(not torch.equal(states[0][k], states[2][k]) for k in states[0])  # alpha = 0: only synthetic ones
-    with pytest.raises(InputError, match="'patch_mix' and 'augment' cannot be combined"):
-        seg_eval.train_segmenter(model, mixed, iterations=1, augment=True, patch_mix={"alpha": 0.5})
     with pytest.raises(InputError, match="synthetic versions of every pair; '.*' has none"):
         seg_eval.train_segmenter(model, pairs, iterations=1, patch_mix={"alpha": 0.5})
+
+
+@pytest.mark.parametrize("augment", ["RandomRotate", True])
+def test_augmentation_moves_the_versions_with_the_real_image(data, augment):
+    pairs = load_dataset(data["real"], split="train", image_size=32)
+    same = [{**p, "synthetic": np.stack([p["image"]] * 2)} for p in pairs]
+    dataset = seg_eval._training_dataset(same, augment, seed=0, with_versions=True)
+    moved = 0
+    for i, pair in enumerate(same):
+        item = dataset[i]
+        assert item["synthetic"].shape == (2, 1, 32, 32) and item["synthetic"].dtype == torch.float32
+        assert torch.allclose(item["synthetic"], item["image"].expand(2, -1, -1, -1), atol=1e-5)
+        moved += not np.allclose(item["image"].numpy(), pair["image"])
+    assert moved > 0  # the augmentation did act on some pairs
+    torch.manual_seed(0)
+    model = seg_eval.build_segmenter("unet", 2, 32, network_kwargs=TINY_NET)
+    mix = {"alpha": 0.5}
+    history = seg_eval.train_segmenter(model, same, iterations=2, batch_size=4, augment=augment, patch_mix=mix)
+    assert np.isfinite(history["final_loss"])
 
 
 def test_a_diffboost_condition_runs_in_the_workflow_and_is_described(data, tmp_path):
@@ -443,13 +460,19 @@ def test_a_diffboost_condition_runs_in_the_workflow_and_is_described(data, tmp_p
     mix = {"folder": str(folder), "alpha": 0.5, "patch_size": 8, "mode": "logits"}
     results = seg_eval.run_segmentation_evaluation(
         real={"dataset_dir": data["real"]},
-        conditions={"real": {}, "diffboost": {"patch_mix": mix}},
+        conditions={
+            "real": {},
+            "diffboost": {"patch_mix": mix},
+            "diffboost+mirror": {"patch_mix": mix, "augment": "RandomMirror"},
+        },
         seeds=[0],
         output_dir=out,
         **FAST,
     )
-    assert list(results["aggregate"]) == ["real", "diffboost"]
-    assert "DiffBoost patch mixing (logits, alpha 0.5, patch 8)" in (out / "results.md").read_text()
+    assert list(results["aggregate"]) == ["real", "diffboost", "diffboost+mirror"]
+    report = (out / "results.md").read_text()
+    assert "DiffBoost patch mixing (logits, alpha 0.5, patch 8)" in report
+    assert "RandomMirror augmentation, DiffBoost patch mixing" in report
     broken = write_versions(tmp_path / "broken", train, missing=train[0]["name"])
     with pytest.raises(InputError, match=f"have no synthetic versions \\(first: '{train[0]['name']}'\\)"):
         seg_eval.run_segmentation_evaluation(
@@ -463,7 +486,7 @@ def test_a_diffboost_condition_runs_in_the_workflow_and_is_described(data, tmp_p
     with pytest.raises(InputError, match="'patch_mix' trains on the real pairs alone"):
         seg_eval.run_segmentation_evaluation(
             real={"dataset_dir": data["real"]},
-            conditions={"x": {"patch_mix": mix, "augment": True}},
+            conditions={"x": {"patch_mix": mix, "synthetic": [str(folder)]}},
             seeds=[0],
             output_dir=tmp_path / "out3",
             **FAST,

@@ -86,6 +86,16 @@ def test_evaluation_has_every_table_ii_row():
     assert conditions["DiffBoost"]["patch_mix"]["alpha"] == pytest.approx(0.6)
 
 
+def test_diffboost_with_adds_combined_rows_that_keep_the_paper_mixing():
+    p = parser("evaluate.json", "busi.json")
+    p["diffboost_with"] = ["RandomRotate", "DeepStack"]
+    conditions = p.get_parsed_content("conditions")
+    assert list(conditions)[-3:] == ["DiffBoost", "DiffBoost+RandomRotate", "DiffBoost+DeepStack"]
+    combined = conditions["DiffBoost+RandomRotate"]
+    assert combined["augment"] == "RandomRotate"
+    assert combined["patch_mix"] == conditions["DiffBoost"]["patch_mix"]
+
+
 def test_one_generator_training_step_moves_the_weights():
     p = parser("train.json")
     p["num_synthetic"] = 4
