@@ -13,7 +13,8 @@ U-Net (configs/unconditional.json) sampled with the same number of DDIM steps, f
 
 Every stage is skipped when its output exists (generator checkpoints, complete pair folders, one JSON per segmenter
 run), so a killed benchmark resumes. ``<workdir>/summary.md`` and ``benchmarks/results/busi_downstream.json`` hold the
-table. Costs on 2 CPU cores (64x64): ~0.9 s per generator iteration, ~1.5 min per segmenter run of 1500 iterations.
+table. Costs on 2 CPU cores (64x64): ~3 s per generator iteration with the current PIG default (2.9-3.1 s in the
+100-pair run, 3.1-3.3 s in the 546-pair one), ~1.5 min per segmenter run of 1500 iterations.
 """
 
 from __future__ import annotations
