@@ -13,8 +13,19 @@ Each arm trains ``bundles/pig/configs/train.json`` (+ its overlay) on the same r
   images: compare arms, not published values).
 
 The x axis is training minutes: per epoch, the iterations' time as recorded by the trainer's own loss history
-(start-up, sampling and scoring excluded). "Minutes to quality" is the first
-point where every check is within ``--tolerance``. One JSON per (arm, epoch) in ``--workdir``, skipped when present.
+(start-up, sampling and scoring excluded; the median iteration times the count, so a paused or preempted iteration
+does not count). "Minutes to quality" is the first point where every check is within ``--tolerance``. One JSON per
+(arm, epoch) in ``--workdir``, skipped when present.
+
+A training run that already happened can be scored instead of training again: ``--checkpoints DIR`` reads the full
+checkpoints ``checkpoint_epoch=N.pt`` kept in DIR (their EMA weights, as the bundle's ``model.pt``) and the epoch times
+from ``--loss_history`` (that run's ``loss_history.csv``); one arm, and the curve stops at the first missing epoch.
+E.g. the all-pair curve from busi_downstream.py's 546-pair generator (whose trainer keeps only the latest checkpoint,
+so they were copied aside as they appeared):
+
+    python benchmarks/time_to_quality.py --workdir runs/time_to_quality_546 --arms default --epochs 8 \
+        --iterations_per_epoch 250 --checkpoints runs/n546_checkpoints \
+        --loss_history runs/busi_downstream/n546/train/loss_history.csv --fid --output time_to_quality_546.json
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ import argparse
 import csv
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -38,13 +50,50 @@ CHECKS = ("area_w1", "empty_gap", "mean_gap", "std_gap")
 
 
 def epoch_record(history: Path, epoch: int) -> tuple[float, float]:
-    """(training seconds of ``epoch``, its mean loss) from the trainer's loss history: first to last iteration plus
-    one mean iteration, so the start-up that one-epoch-per-run repeats (imports, data loading) is not counted. Needs
-    two or more iterations per epoch (main checks it)."""
+    """(training seconds of ``epoch``, its mean loss) from the trainer's loss history: the median time between
+    consecutive iterations times their count, so neither the start-up that one-epoch-per-run repeats (imports, data
+    loading) nor a pause (a job stopped while CI ran) is counted. Needs two or more iterations per epoch (main checks
+    it)."""
     rows = [r for r in csv.DictReader(history.open()) if int(r["epoch"]) == epoch]
-    first, last = float(rows[0]["seconds"]), float(rows[-1]["seconds"])
-    seconds = (last - first) * len(rows) / (len(rows) - 1)
-    return seconds, sum(float(r["loss"]) for r in rows) / len(rows)
+    if len(rows) < 2:
+        raise SystemExit(f"{history} holds {len(rows)} iteration(s) of epoch {epoch}; at least 2 are needed.")
+    seconds = [float(r["seconds"]) for r in rows]
+    step = statistics.median(b - a for a, b in zip(seconds, seconds[1:]))
+    return step * len(rows), sum(float(r["loss"]) for r in rows) / len(rows)
+
+
+def train_epoch(root: Path, epoch: int, overlays: list[Path], data: list[str], args: argparse.Namespace) -> dict:
+    """Train the arm up to ``epoch`` (the bundle resumes from its last checkpoint); the weights to sample from."""
+    outputs = ["--ckpt_dir", str(root / "models"), "--output_dir", str(root / "train")]
+    schedule = ["--iterations_per_epoch", str(args.iterations_per_epoch), "--max_epochs", str(epoch)]
+    schedule += ["--preview_interval", "0", "--seed", "0"]
+    run_bundle([CONFIGS / "train.json", *overlays], *data, *outputs, *schedule)
+    seconds, loss = epoch_record(root / "train" / "loss_history.csv", epoch)
+    return {"ckpt_dir": root / "models", "ckpt_path": root / "models" / "model.pt", "seconds": seconds, "loss": loss}
+
+
+def kept_epoch(root: Path, epoch: int, args: argparse.Namespace) -> dict | None:
+    """The EMA weights of a kept full checkpoint of ``epoch``, saved as a bare state dict like the bundle's
+    ``model.pt``; only the epoch's time and loss when its checkpoint was not kept, None when the run never trained it.
+    """
+    import torch
+
+    history = Path(args.loss_history)
+    if not any(int(r["epoch"]) == epoch for r in csv.DictReader(history.open())):
+        return None
+    checkpoint = Path(args.checkpoints) / f"checkpoint_epoch={epoch}.pt"
+    if not checkpoint.is_file():
+        seconds, loss = epoch_record(history, epoch)
+        return {"seconds": seconds, "loss": loss}
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    if "ema" not in state:
+        raise SystemExit(f"{checkpoint} holds no 'ema' weights (keys: {sorted(state)}).")
+    weights = root / "models" / f"ema_epoch={epoch}.pt"
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state["ema"], weights.with_suffix(".partial"))
+    os.replace(weights.with_suffix(".partial"), weights)
+    seconds, loss = epoch_record(history, epoch)
+    return {"ckpt_dir": Path(args.checkpoints), "ckpt_path": weights, "seconds": seconds, "loss": loss}
 
 
 def quality(generated: Path, real: list, num_pairs: int, fid: bool) -> dict:
@@ -87,7 +136,16 @@ def main() -> None:
     parser.add_argument("--summarise_only", action="store_true",
                         help="tabulate the epochs already measured in --workdir (up to --epochs) and train nothing: "
                              "a curve cut short by a time budget is reported as far as it got")  # fmt: skip
+    parser.add_argument(
+        "--checkpoints",
+        default=None,
+        help="score the full checkpoints (checkpoint_epoch=N.pt) kept in this folder instead of training",
+    )
+    parser.add_argument("--loss_history", default=None, help="with --checkpoints: the loss_history.csv of that run")
+    parser.add_argument("--output", default="time_to_quality.json", help="result file name in benchmarks/results")
     args = parser.parse_args()
+    if args.checkpoints and (not args.loss_history or len(args.arms) != 1):
+        parser.error("--checkpoints needs --loss_history and exactly one arm.")
     if args.iterations_per_epoch < 2:
         parser.error("--iterations_per_epoch must be at least 2: an epoch's time is measured between its iterations.")
 
@@ -109,21 +167,27 @@ def main() -> None:
         curves[name] = []
         for epoch in range(1, args.epochs + 1):
             result_file = root / f"epoch_{epoch:03d}.json"
-            if args.summarise_only and not result_file.is_file():
+            if args.checkpoints and not result_file.is_file():
+                weights = kept_epoch(root, epoch, args)
+                if weights is None:
+                    print(f"{args.loss_history} has no epoch {epoch}: the curve stops there.")
+                    break
+                if "ckpt_path" not in weights:  # trained, but its checkpoint was not kept: its minutes still count
+                    minutes += weights["seconds"] / 60
+                    continue
+            elif args.summarise_only and not result_file.is_file():
                 break
+            elif not result_file.is_file():
+                weights = train_epoch(root, epoch, overlays, data, args)
             if not result_file.is_file():
-                outputs = ["--ckpt_dir", str(root / "models"), "--output_dir", str(root / "train")]
-                schedule = ["--iterations_per_epoch", str(args.iterations_per_epoch), "--max_epochs", str(epoch)]
-                schedule += ["--preview_interval", "0", "--seed", "0"]
-                run_bundle([CONFIGS / "train.json", *overlays], *data, *outputs, *schedule)
-                seconds, loss = epoch_record(root / "train" / "loss_history.csv", epoch)
                 samples = root / f"samples_{epoch:03d}"
                 sampling = ["--num_pairs", str(args.num_pairs), "--num_inference_steps", str(args.steps)]
                 sampling += ["--sampling_method", "ddim"]
-                outputs = ["--ckpt_dir", str(root / "models"), "--output_dir", str(samples)]
-                run_bundle([CONFIGS / "inference.json", *overlays], *outputs, *sampling)
-                row = {"epoch": epoch, "iterations": epoch * args.iterations_per_epoch, "epoch_seconds": seconds,
-                       "loss": loss, **quality(samples, real, args.num_pairs, args.fid)}  # fmt: skip
+                outputs = ["--ckpt_dir", str(weights["ckpt_dir"]), "--ckpt_path", str(weights["ckpt_path"])]
+                run_bundle([CONFIGS / "inference.json", *overlays], *outputs, "--output_dir", str(samples), *sampling)
+                row = {"epoch": epoch, "iterations": epoch * args.iterations_per_epoch,
+                       "epoch_seconds": weights["seconds"], "loss": weights["loss"],
+                       **quality(samples, real, args.num_pairs, args.fid)}  # fmt: skip
                 root.mkdir(parents=True, exist_ok=True)
                 tmp = result_file.with_suffix(".partial")
                 tmp.write_text(json.dumps(row, indent=1))
@@ -154,7 +218,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     (work / "summary.md").write_text(text + "\n")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "time_to_quality.json").write_text(json.dumps({"settings": vars(args), "curves": curves}, indent=2))
+    (RESULTS / args.output).write_text(json.dumps({"settings": vars(args), "curves": curves}, indent=2))
 
 
 if __name__ == "__main__":
