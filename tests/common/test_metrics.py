@@ -17,6 +17,7 @@ from common.errors import InputError
 from common.metrics import (
     INCEPTION_INPUT_RANGE,
     InceptionFeatures,
+    ReferenceFID,
     alignment_dice,
     compare_statistics,
     compute_fid,
@@ -173,6 +174,25 @@ def test_compute_fid_pipeline_with_stand_in_network():
     # A plain callable is wrapped (resized to 299); here a pooling "network" keeps that cheap.
     pooled = compute_fid(real, real + 0.4, lambda x: torch.nn.functional.adaptive_avg_pool2d(x, 2).flatten(1))
     assert pooled > 0.01
+
+
+@singular_ok
+def test_reference_fid_matches_compute_fid_and_extracts_the_reference_once():
+    calls = []
+    net = _random_net()
+
+    def counting(x):
+        calls.append(len(x))
+        return net(x)
+
+    fe = InceptionFeatures(counting, image_size=32, batch_size=8)
+    real, near, far = _images(24, seed=0), _images(24, seed=0) + 0.1, _images(24, seed=0) + 0.4
+    expected = [compute_fid(images, real, fe) for images in (near, far)]
+    calls.clear()
+    score = ReferenceFID(real, fe)
+    assert calls == []  # nothing is extracted before the first score
+    assert [score(near), score(far)] == pytest.approx(expected, rel=1e-9)
+    assert sum(calls) == 24 * 3  # the reference once, each scored set once
 
 
 def test_missing_inception_wheel_says_how_to_install(monkeypatch):
