@@ -34,14 +34,20 @@ __all__ = ["TrainingCheckpointer", "LossHistoryHandler", "PairPreviewHandler", "
 logger = logging.getLogger(__name__)
 
 
-def latest_checkpoint(ckpt_dir: str, prefix: str = "checkpoint") -> str | None:
-    """Path of the checkpoint with the highest epoch (``<prefix>_epoch=N.pt``) in ``ckpt_dir``, or None."""
-    best, best_epoch = None, -1
+def _checkpoints_by_epoch(ckpt_dir: str, prefix: str = "checkpoint") -> list[str]:
+    """Paths of the ``<prefix>_epoch=N.pt`` checkpoints in ``ckpt_dir``, oldest epoch first."""
+    found = []
     for path in glob.glob(os.path.join(ckpt_dir, f"{prefix}_*.pt")):
         match = re.search(r"=(\d+)\.pt$", path)
-        if match and int(match.group(1)) > best_epoch:
-            best, best_epoch = path, int(match.group(1))
-    return best
+        if match:
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(ckpt_dir: str, prefix: str = "checkpoint") -> str | None:
+    """Path of the checkpoint with the highest epoch (``<prefix>_epoch=N.pt``) in ``ckpt_dir``, or None."""
+    paths = _checkpoints_by_epoch(ckpt_dir, prefix)
+    return paths[-1] if paths else None
 
 
 class _AtomicDiskSaver(DiskSaver):
@@ -76,8 +82,9 @@ def _load_resumable(path: str, network: torch.nn.Module) -> Mapping:
 
 class TrainingCheckpointer:
     """Save network + optimizer + trainer state (+ ``extra``, e.g. the EMA weights) every ``save_interval`` epochs,
-    keeping the last; save ``final_model`` (default: the trained network; pass the EMA copy to ship EMA weights) alone
-    as ``final_filename`` when training completes; resume from the last full checkpoint when ``resume`` and one exists.
+    keeping the ``n_saved`` latest (None: all, e.g. to score every epoch afterwards); save ``final_model`` (default:
+    the trained network; pass the EMA copy to ship EMA weights) alone as ``final_filename`` when training completes;
+    resume from the last full checkpoint when ``resume`` and one exists.
 
     Every file is written to a temporary name and renamed, so a killed run resumes from its last complete checkpoint.
     Under DDP only rank 0 writes; every rank resumes.
@@ -93,8 +100,14 @@ class TrainingCheckpointer:
         final_filename: str = "model.pt",
         final_model: torch.nn.Module | None = None,
         extra: dict[str, Any] | None = None,
+        n_saved: int | None = 1,
     ) -> None:
+        if n_saved is not None and (isinstance(n_saved, bool) or not isinstance(n_saved, int) or n_saved < 1):
+            raise InputError(
+                f"'n_saved' (checkpoints to keep) must be a positive integer or None (all), got {n_saved!r}."
+            )
         self.ckpt_dir = ckpt_dir
+        self.n_saved = n_saved
         self.network = network
         self.optimizer = optimizer
         self.save_interval = save_interval
@@ -115,7 +128,7 @@ class TrainingCheckpointer:
             state,
             _AtomicDiskSaver(self.ckpt_dir, require_empty=False, atomic=True),
             filename_pattern="checkpoint_epoch={global_step}.{ext}",
-            n_saved=1,
+            n_saved=self.n_saved,
             global_step_transform=lambda engine, _: engine.state.epoch,
         )
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=max(1, int(self.save_interval))), saver)
@@ -135,13 +148,12 @@ class TrainingCheckpointer:
         engine.state.max_epochs = max_epochs
 
     def prune(self, engine: Engine) -> None:
-        """Remove checkpoints older than the one just saved (also those a killed earlier run left)."""
-        newest = latest_checkpoint(self.ckpt_dir)
-        if not is_main_process() or newest is None:
+        """Keep the ``n_saved`` newest checkpoints, also counting those a killed earlier run left (which ignite's own
+        bookkeeping does not know about)."""
+        if not is_main_process() or self.n_saved is None:
             return
-        for path in glob.glob(os.path.join(self.ckpt_dir, "checkpoint_*.pt")):
-            if path != newest:
-                os.remove(path)
+        for path in _checkpoints_by_epoch(self.ckpt_dir)[: -self.n_saved]:
+            os.remove(path)
 
     def save_final(self, engine: Engine) -> None:
         """The shipped weights alone (a bare state dict, what inference loads), written atomically on rank 0."""

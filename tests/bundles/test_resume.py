@@ -83,6 +83,14 @@ def test_killed_training_resumes_iteration_and_optimizer_state(tmp_path):
     assert seconds == sorted(seconds), "elapsed time continues across the resume"
 
 
+def test_keep_checkpoints_zero_keeps_every_epoch(tmp_path):
+    models = tmp_path / "models"
+    args = ("--output_dir", str(tmp_path / "out"), "--ckpt_dir", str(models), "--preview_interval", "0")
+    result = rerun("train.json", *args, "--max_epochs", "3", "--iterations_per_epoch", "2", "--keep_checkpoints", "0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert checkpoint_epochs(models) == [1, 2, 3]
+
+
 def test_killed_generation_writes_only_the_missing_pairs(tmp_path):
     untrained_checkpoint(tmp_path / "models", CONFIGS / "inference.json", TINY)
     pairs, total = tmp_path / "pairs", 96

@@ -1,12 +1,16 @@
-"""LossHistoryHandler: one row per iteration, also across a resume that repeats iterations after the checkpoint."""
+"""LossHistoryHandler: one row per iteration, also across a resume that repeats iterations after the checkpoint;
+TrainingCheckpointer: how many checkpoints it keeps."""
 
 from __future__ import annotations
 
 import csv
 
+import pytest
+import torch
 from ignite.engine import Engine, Events
 
-from common.handlers import LossHistoryHandler
+from common.errors import InputError
+from common.handlers import LossHistoryHandler, TrainingCheckpointer
 
 
 def run(path, max_epochs: int, start_iteration: int = 0, per_epoch: int = 3) -> None:
@@ -55,3 +59,30 @@ def test_resume_after_a_clean_end_keeps_everything(tmp_path):
     run(path, max_epochs=1)
     run(path, max_epochs=2, start_iteration=3)
     assert [int(r["iteration"]) for r in read(path)] == [1, 2, 3, 4, 5, 6]
+
+
+def checkpointed_run(ckpt_dir, max_epochs: int, **kwargs) -> list[str]:
+    """Train a one-parameter model ``max_epochs`` epochs with a TrainingCheckpointer; the checkpoint files left."""
+    network = torch.nn.Linear(1, 1)
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
+    engine = Engine(lambda engine, batch: {"loss": 0.0})
+    TrainingCheckpointer(str(ckpt_dir), network, optimizer, **kwargs).attach(engine)
+    engine.run(range(2), max_epochs=max_epochs)
+    return sorted(p.name for p in ckpt_dir.glob("checkpoint_*.pt"))
+
+
+@pytest.mark.parametrize(
+    "n_saved, kept",
+    [(1, [4]), (2, [3, 4]), (None, [1, 2, 3, 4])],
+)
+def test_checkpointer_keeps_the_n_saved_latest_also_across_a_resume(tmp_path, n_saved, kept):
+    ckpt_dir = tmp_path / "models"
+    checkpointed_run(ckpt_dir, 2, n_saved=n_saved)  # a first run, then a resumed one that knows nothing of its files
+    assert checkpointed_run(ckpt_dir, 4, n_saved=n_saved) == [f"checkpoint_epoch={e}.pt" for e in kept]
+    assert (ckpt_dir / "model.pt").is_file()
+
+
+@pytest.mark.parametrize("n_saved", [0, -1, 1.5, True])
+def test_checkpointer_refuses_a_bad_n_saved(tmp_path, n_saved):
+    with pytest.raises(InputError, match="'n_saved'"):
+        TrainingCheckpointer(str(tmp_path), torch.nn.Linear(1, 1), None, n_saved=n_saved)
