@@ -49,17 +49,35 @@ def parse_run_arguments(command: Sequence[str]) -> dict:
     return captured
 
 
-def unknown_override_keys(arguments: dict) -> list[str]:
-    """Keys of ``arguments`` (``run``'s keyword arguments, ``args_file`` merged in) that no config file defines."""
+def _overrides_and_config(arguments: dict) -> tuple[dict, ConfigParser | None]:
+    """The config overrides among ``arguments`` (``run``'s keyword arguments, ``args_file`` merged in) and the
+    config files they apply to (None when no ``config_file`` is given)."""
     merged = dict(ConfigParser.load_config_file(arguments["args_file"])) if arguments.get("args_file") else {}
     merged.update(arguments)
     config_file = merged.get("config_file")
+    overrides = {k: v for k, v in merged.items() if k not in WORKFLOW_ARGUMENTS and not k.startswith("_meta_")}
     if not config_file:
-        return []
+        return overrides, None
     parser = ConfigParser()
     parser.read_config(config_file)
-    candidates = [key for key in merged if key not in WORKFLOW_ARGUMENTS and not key.startswith("_meta_")]
-    return [key for key in candidates if key not in parser and not _adds_argument(parser, key)]
+    return overrides, parser
+
+
+def unknown_override_keys(arguments: dict) -> list[str]:
+    """Keys of ``arguments`` (``run``'s keyword arguments, ``args_file`` merged in) that no config file defines."""
+    overrides, parser = _overrides_and_config(arguments)
+    if parser is None:
+        return []
+    return [key for key in overrides if key not in parser and not _adds_argument(parser, key)]
+
+
+def dropped_none_overrides(arguments: dict) -> list[str]:
+    """Keys set to None on the command line (``--key None``) whose config value is not None: MONAI's ``run`` drops
+    None-valued overrides (``update_kwargs(ignore_none=True)``), so the config's value would be used silently."""
+    overrides, parser = _overrides_and_config(arguments)
+    if parser is None:
+        return []
+    return [key for key, value in overrides.items() if value is None and key in parser and parser[key] is not None]
 
 
 def _adds_argument(parser: ConfigParser, key: str) -> bool:
@@ -76,7 +94,8 @@ def _adds_argument(parser: ConfigParser, key: str) -> bool:
 
 
 def check_override_keys(argv: Sequence[str] | None = None) -> bool:
-    """Raise :class:`InputError` naming a ``--key`` of ``monai.bundle run`` that no config file defines.
+    """Raise :class:`InputError` naming a ``--key`` of ``monai.bundle run`` that no config file defines, or a
+    ``--key None`` that MONAI would drop while the config holds another value.
 
     Does nothing when the process is not ``python -m monai.bundle run`` (e.g. a workflow built from Python).
     Returns True so configs can call it in ``initialize``.
@@ -84,10 +103,17 @@ def check_override_keys(argv: Sequence[str] | None = None) -> bool:
     argv = sys.argv if argv is None else argv
     if not _is_bundle_run(argv):
         return True
-    unknown = unknown_override_keys(parse_run_arguments(argv[2:]))
+    arguments = parse_run_arguments(argv[2:])
+    unknown = unknown_override_keys(arguments)
     if unknown:
         raise InputError(
             f"unknown config key '--{unknown[0]}' on the command line: no config file defines it "
             "(check the spelling; a new key must be added to a config file)"
+        )
+    dropped = dropped_none_overrides(arguments)
+    if dropped:
+        raise InputError(
+            f"'--{dropped[0]} None' would be ignored: MONAI's bundle run drops overrides whose value is None, so the "
+            "config's value would be used; set it to null in an overlay config file instead"
         )
     return True

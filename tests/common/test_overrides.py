@@ -8,7 +8,12 @@ import os
 import pytest
 
 from common.errors import InputError
-from common.overrides import check_override_keys, parse_run_arguments, unknown_override_keys
+from common.overrides import (
+    check_override_keys,
+    dropped_none_overrides,
+    parse_run_arguments,
+    unknown_override_keys,
+)
 
 MONAI_MAIN = os.path.join("site-packages", "monai", "bundle", "__main__.py")
 
@@ -16,7 +21,9 @@ MONAI_MAIN = os.path.join("site-packages", "monai", "bundle", "__main__.py")
 @pytest.fixture
 def configs(tmp_path):
     base = tmp_path / "train.json"
-    base.write_text(json.dumps({"max_epochs": 2, "net": {"_target_": "torch.nn.Identity"}, "data": {"size": 8}}))
+    base.write_text(
+        json.dumps({"max_epochs": 2, "net": {"_target_": "torch.nn.Identity"}, "data": {"size": 8}, "limit": None})
+    )
     overlay = tmp_path / "overlay.json"
     overlay.write_text(json.dumps({"lr": 0.1}))
     return f"['{base}','{overlay}']"
@@ -57,3 +64,15 @@ def test_check_raises_one_sentence_naming_the_key(configs):
 
 def test_check_ignores_other_programs(configs):
     assert check_override_keys(["pytest", "--config_file", configs, "--max_epoch", "3"])
+
+
+def test_none_overrides_that_monai_would_drop_are_listed(configs):
+    arguments = parse_run_arguments(["--config_file", configs, "--max_epochs", "None", "--limit", "None", "--lr", "1"])
+    assert arguments["max_epochs"] is None  # what python-fire gives MONAI, which then ignores it
+    assert dropped_none_overrides(arguments) == ["max_epochs"]  # "limit" is None in the config anyway
+
+
+def test_check_refuses_a_none_override_that_would_be_ignored(configs):
+    with pytest.raises(InputError, match=r"'--max_epochs None' would be ignored"):
+        check_override_keys([MONAI_MAIN, "run", "--config_file", configs, "--max_epochs", "None"])
+    assert check_override_keys([MONAI_MAIN, "run", "--config_file", configs, "--limit", "None"])
