@@ -19,7 +19,8 @@ does not count). "Minutes to quality" is the first point where every check is wi
 
 A training run that already happened can be scored instead of training again: ``--checkpoints DIR`` reads the full
 checkpoints ``checkpoint_epoch=N.pt`` kept in DIR (their EMA weights, as the bundle's ``model.pt``) and the epoch times
-from ``--loss_history`` (that run's ``loss_history.csv``); one arm, and the curve stops at the first missing epoch.
+from ``--loss_history`` (that run's ``loss_history.csv``); one arm. An epoch whose checkpoint was not kept adds its
+minutes but no point; the curve ends where the loss history does.
 Train with ``--keep_checkpoints 0`` to keep them all; the all-pair curve in README was scored from busi_downstream.py's
 546-pair generator, whose checkpoints were copied aside as they appeared (that run kept only the latest):
 
