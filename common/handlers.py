@@ -3,6 +3,8 @@
 * :class:`TrainingCheckpointer` checkpoints (atomically, with ignite's ``Checkpoint``) and resumes (reading the
   checkpoint once) the engine it is attached to, so a config can save the trainer's own state (iteration,
   optimizer) without the circular reference ``trainer -> handlers -> trainer``.
+* :class:`EMAHandler` is ignite's EMA whose momentum warm-up follows the trainer's iteration, so a resumed run
+  continues the warm-up instead of starting it again.
 * :class:`LossHistoryHandler` keeps a CSV of the loss per iteration with wall-clock time (loss curves for the notes).
 * :class:`PairPreviewHandler` samples a few pairs every few epochs and saves a preview grid: the "validation samples"
   of a generator, which a person can look at while it trains.
@@ -22,6 +24,7 @@ from typing import Any, Callable
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
+from ignite.handlers import EMAHandler as _IgniteEMAHandler
 
 from common.distributed import is_main_process
 from common.errors import InputError, OutputError, first_line
@@ -29,7 +32,7 @@ from common.generation import pair_noise
 from common.transforms import decode_mask, mask_channels
 from common.writers import atomic_path, save_preview_grid
 
-__all__ = ["TrainingCheckpointer", "LossHistoryHandler", "PairPreviewHandler", "latest_checkpoint"]
+__all__ = ["EMAHandler", "TrainingCheckpointer", "LossHistoryHandler", "PairPreviewHandler", "latest_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +81,26 @@ def _load_resumable(path: str, network: torch.nn.Module) -> Mapping:
             "choose another ckpt_dir or set resume to false."
         )
     return state
+
+
+class EMAHandler(_IgniteEMAHandler):
+    """``ignite.handlers.EMAHandler`` with its momentum warm-up indexed by the trainer's iteration.
+
+    ignite schedules the warm-up by counting its own calls, which start from zero in every process: a run resumed from
+    a checkpoint (the EMA weights restored with it) would warm up again, weighting the newest weights by up to
+    ``momentum_warmup`` (0.1) instead of ``momentum`` (0.001), so the shipped EMA weights of a resumed run would differ
+    from an uninterrupted one. Same arguments and behaviour as ignite's otherwise.
+    """
+
+    def attach(self, engine: Engine, name: str = "ema_momentum", warn_if_exists: bool = True, event=None) -> None:
+        event = Events.ITERATION_COMPLETED if event is None else event
+        engine.add_event_handler(event, self._follow_iteration)  # registered first: runs before ignite's scheduler
+        super().attach(engine, name=name, warn_if_exists=warn_if_exists, event=event)
+
+    def _follow_iteration(self, engine: Engine) -> None:
+        scheduler = getattr(self, "momentum_scheduler", None)
+        if scheduler is not None:
+            scheduler.event_index = engine.state.iteration - 1  # the scheduler adds one, then reads its value
 
 
 class TrainingCheckpointer:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from monai.bundle import ConfigParser
 
 from tests.bundle_runner import bundle_command, run_bundle
 from tests.shared_data import REPO
@@ -43,6 +44,12 @@ def overrides(root: Path, batch: tuple[str, int]) -> list[str]:
     return ["--output_dir", str(root / "out"), "--ckpt_dir", str(root / "models"), f"--{batch[0]}", str(batch[1])]
 
 
+def learning_rate(configs: list[Path]) -> float:
+    parser = ConfigParser()
+    parser.read_config([str(c) for c in configs])
+    return float(parser.get_parsed_content("optimizer#lr"))  # the value, without building the network
+
+
 @pytest.mark.parametrize("bundle,train,tiny,batch_key,per_sample_loss", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
 def test_two_processes_match_one_process_on_the_global_batch(bundle, train, tiny, batch_key, per_sample_loss, tmp_path):
     configs = REPO / "bundles" / bundle / "configs"
@@ -61,10 +68,14 @@ def test_two_processes_match_one_process_on_the_global_batch(bundle, train, tiny
     rank0, rank1 = (torch.load(tmp_path / "ddp" / "out" / f"weights_rank{r}.pt", weights_only=True) for r in (0, 1))
     reference = torch.load(tmp_path / "single" / "out" / "weights_rank0.pt", weights_only=True)
     assert rank0.keys() == rank1.keys() == reference.keys()
+    # Adam moves a weight by about lr per step whatever its gradient's size, so where a gradient is near zero (the
+    # zero-initialised output convolutions) summation-order noise between an all-reduce and one batch can change that
+    # move by a fraction of lr; a wrong data split or missing synchronisation changes it by ~2 lr on many weights.
+    atol = 0.1 * learning_rate(base) * SHORT["iterations_per_epoch"]
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), f"ranks differ in {key}"
         if per_sample_loss:
-            torch.testing.assert_close(rank0[key], reference[key], rtol=1e-4, atol=1e-5, msg=f"DDP != 1 proc: {key}")
+            torch.testing.assert_close(rank0[key], reference[key], rtol=1e-4, atol=atol, msg=f"DDP != 1 proc: {key}")
     # rank 0 alone writes: one TensorBoard file, checkpoints loadable by a single process
     assert len(list((tmp_path / "ddp" / "out").glob("events.out.tfevents.*"))) == 1
     checkpoint = next((tmp_path / "ddp" / "models").glob("checkpoint_*.pt"))
