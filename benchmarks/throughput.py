@@ -291,6 +291,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10, help="sampling steps per pair")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--output", default="throughput.json", help="result file name in benchmarks/results")
     parser.add_argument("--_measure", nargs=3, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._measure:
@@ -332,7 +333,7 @@ def main() -> None:
     print(text)
     Path(args.workdir, "summary.md").write_text(text + "\n")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "throughput.json").write_text(json.dumps({"settings": vars(args), "results": rows}, indent=2))
+    (RESULTS / args.output).write_text(json.dumps({"settings": vars(args), "results": rows}, indent=2))
 
 
 if __name__ == "__main__":
