@@ -8,7 +8,9 @@ DiffBoost's images are rebuilt from edges, so quality is measured the way the pa
 pretrained generator (``pretrain.json`` on the pooled train splits; trained here first unless ``--ckpt_path`` names
 one) rebuilds the pooled held-out (val) images from their Canny edges with the image's prompt alone, once per
 (method, steps) from the same noise seeds, and every rebuild is compared with its real image on [0, 1] (MAE, SSIM,
-MS-SSIM; ``common.reconstruction_eval``). One network evaluation per step; seconds per image as ``generate_pairs``
+MS-SSIM; ``common.reconstruction_eval``). Per-pixel agreement rewards smooth, mean-like images, so ``--fid`` adds the
+FID of each row's images against the held-out real images (the optional Inception wheel; biased upwards at ~93
+images: compare rows). One network evaluation per step; seconds per image as ``generate_pairs``
 measured them (the sampling loop, writer included).
 
 One folder per (method, steps) in ``--workdir``, resumed when interrupted (a row completed across an interruption
@@ -67,6 +69,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--steps", type=int, nargs="+", default=[5, 10, 25, 50])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fid", action="store_true", help="also FID against the held-out images")
     parser.add_argument("--extra_config", nargs="*", default=[])
     parser.add_argument("--output", default="diffboost_sampling_steps.json", help="result file name in " + str(RESULTS))
     args = parser.parse_args()
@@ -104,20 +107,31 @@ def main() -> None:
             timings[name] = json.loads(timing_file.read_text())["seconds_per_image"] if timing_file.is_file() else None
             folders[name] = str(out)
     results = evaluate_reconstructions(held_out, folders, str(work / "table"), note=f"checkpoint {ckpt_path}")
+    fids = {}
+    if args.fid:
+        import numpy as np
+
+        from common.metrics import ReferenceFID
+        from common.semantic_eval import read_synthetic_images
+
+        fid = ReferenceFID(np.stack([np.asarray(p["image"], np.float32) for p in held_out]))
+        for name, folder in folders.items():
+            fids[name] = fid(read_synthetic_images(folder, len(held_out), num_classes=2).astype(np.float32))
 
     columns = ("mae", "ssim", "ms_ssim")
     lines = [
-        "| method | steps | network evaluations per image | seconds per image | MAE | SSIM | MS-SSIM |",
-        "|---|---|---|---|---|---|---|",
+        "| method | steps | network evaluations per image | seconds per image | MAE | SSIM | MS-SSIM | FID |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     rows = {}
     for name, entry in results["methods"].items():
         method, steps = name.split("@")
-        rows[name] = {"method": method, "steps": int(steps), "seconds_per_image": timings[name]}
+        rows[name] = {"method": method, "steps": int(steps), "seconds_per_image": timings[name], "fid": fids.get(name)}
         rows[name].update({f"{c}_{s}": entry[f"{c}_{s}"] for c in columns for s in ("mean", "std")})
         seconds = f"{timings[name]:.3f}" if timings[name] is not None else "-"
         metrics = " | ".join(f"{entry[f'{c}_mean']:.4f} ± {entry[f'{c}_std']:.4f}" for c in columns)
-        lines.append(f"| {method} | {steps} | {steps} | {seconds} | {metrics} |")
+        fid_text = f"{fids[name]:.1f}" if name in fids else "-"
+        lines.append(f"| {method} | {steps} | {steps} | {seconds} | {metrics} | {fid_text} |")
     lines.append(f"\n{results['images']} held-out images rebuilt from their Canny edges; checkpoint {ckpt_path}")
     lines.append(f"\nwall time of this invocation: {(time.perf_counter() - start) / 60:.1f} min")
     text = "\n".join(lines)
