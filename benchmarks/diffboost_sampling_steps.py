@@ -36,9 +36,10 @@ RESULTS = REPO / "benchmarks" / "results"
 METHODS = ("ddim", "dpmsolver++")
 
 
-def rebuild(args: argparse.Namespace, ckpt_path: Path, method: str, steps: int, out: Path) -> dict:
+def rebuild(args: argparse.Namespace, ckpt_path: Path, method: str, steps: int, out: Path) -> tuple[dict, list]:
     """Rebuild the held-out images with the bundle's own inference + pretrain + Table I configs, in this process;
-    returns ``generate_pairs``' summary (``generated`` is 0 when the folder was already complete)."""
+    returns ``generate_pairs``' summary (``generated`` is 0 when the folder was already complete) and the held-out
+    real pairs the config loaded."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
@@ -55,8 +56,7 @@ def rebuild(args: argparse.Namespace, ckpt_path: Path, method: str, steps: int, 
     )
     parser.get_parsed_content("network")  # loading the checkpoint is not sampling time
     summary = parser.get_parsed_content("run#0")  # table_i.json's DiffBoost rebuild (not its Pix2Pix stages)
-    summary["held_out"] = parser.get_parsed_content("pairs")
-    return summary
+    return summary, parser.get_parsed_content("pairs")
 
 
 def main() -> None:
@@ -100,8 +100,7 @@ def main() -> None:
             name = f"{method}@{steps}"
             out = work / f"{method}_{steps}"
             timing_file = out.with_suffix(".seconds.json")  # written once the folder is complete
-            summary = rebuild(args, ckpt_path, method, steps, out)
-            held_out = summary.pop("held_out")
+            summary, held_out = rebuild(args, ckpt_path, method, steps, out)
             if not timing_file.is_file() and summary["generated"] == summary["num_pairs"]:
                 timing_file.write_text(json.dumps({"seconds_per_image": summary["seconds_per_pair"]}))
             timings[name] = json.loads(timing_file.read_text())["seconds_per_image"] if timing_file.is_file() else None
