@@ -2,8 +2,8 @@
 
     OMP_NUM_THREADS=2 python benchmarks/training_step.py --workdir runs/training_step --repeats 3
 
-For every bundle's default generator, one training step (forward + loss + backward + optimiser, on a batch the
-bundle's own ``prepare_batch`` made from its training config) is timed as shipped and with one setting changed:
+For every bundle's default generator, one training step (forward + loss + backward + optimiser, on a ``--size`` batch
+the bundle's own ``prepare_batch`` made from its training config) is timed as shipped and with one setting changed:
 
 * ``attention``: the other attention kernel (``use_flash_attention`` flipped: MONAI's explicit attention vs PyTorch's
   fused ``scaled_dot_product_attention``);
@@ -67,13 +67,13 @@ def _randomise_zero_layers(network) -> None:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
 
 
-def measure(bundle: str, variant: str, iterations: int, warmup: int, workdir: str) -> dict:
+def measure(bundle: str, variant: str, size: int, iterations: int, warmup: int, workdir: str) -> dict:
     import torch
 
-    shipped_flash = _parser(bundle, BUNDLES[bundle][0], 64, workdir)["use_flash_attention"]
+    shipped_flash = _parser(bundle, BUNDLES[bundle][0], size, workdir)["use_flash_attention"]
     overrides = {"use_flash_attention": not shipped_flash} if variant == "attention" else {}
     torch.manual_seed(0)
-    parser, trainer = _trainer(bundle, 64, 1, workdir, **overrides)
+    parser, trainer = _trainer(bundle, size, 1, workdir, **overrides)
     torch.manual_seed(1)
     batch = next(iter(trainer.data_loader))
     inputs, targets, args, kwargs = trainer.prepare_batch(batch, trainer.state.device, False)
@@ -116,9 +116,10 @@ def _first_tensor(output):
 
 
 def run(bundle: str, variant: str, repeat: int, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--_measure", bundle, variant]
+    cmd = [sys.executable, __file__, "--_measure", bundle, variant, "--size", str(args.size)]
     cmd += ["--iterations", str(args.iterations), "--warmup", str(args.warmup)]
-    return cached_measurement(Path(args.workdir) / f"{bundle}_{variant}_{repeat}.json", cmd)
+    name = f"{bundle}_{variant}_{repeat}.json" if args.size == 64 else f"{bundle}_{variant}_{args.size}px_{repeat}.json"
+    return cached_measurement(Path(args.workdir) / name, cmd)
 
 
 def summarise(runs: dict[str, list[dict]]) -> dict:
@@ -144,6 +145,7 @@ def main() -> None:
     parser.add_argument("--workdir", default="runs/training_step")
     parser.add_argument("--bundles", nargs="+", default=list(BUNDLES), choices=list(BUNDLES))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--size", type=int, default=64, help="image side in pixels")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=1)
@@ -152,7 +154,7 @@ def main() -> None:
     args = parser.parse_args()
     if args._measure:
         with tempfile.TemporaryDirectory() as workdir:
-            print(json.dumps(measure(*args._measure, args.iterations, args.warmup, workdir)))
+            print(json.dumps(measure(*args._measure, args.size, args.iterations, args.warmup, workdir)))
         return
 
     variants = ["shipped", *(v for v in args.variants if v != "shipped")]
