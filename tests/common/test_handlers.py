@@ -1,5 +1,6 @@
 """LossHistoryHandler: one row per iteration, also across a resume that repeats iterations after the checkpoint;
-TrainingCheckpointer: how many checkpoints it keeps; EMAHandler: a resumed run continues the momentum warm-up."""
+TrainingCheckpointer: how many checkpoints it keeps; EMAHandler: a resumed run continues the momentum warm-up, and the
+power schedule averages the run so far with EDM2's weights."""
 
 from __future__ import annotations
 
@@ -113,3 +114,45 @@ def test_ema_warmup_follows_the_trainer_iteration_across_a_resume():
     assert resumed == pytest.approx(uninterrupted[3:])
     # ignite's own handler restarts the warm-up after a resume: the case this class exists for
     assert ema_momenta(IgniteEMAHandler, max_epochs=3, start_iteration=3)[0] == pytest.approx(0.1)
+
+
+def test_power_ema_is_the_power_function_average_of_the_run_so_far():
+    """EDM2's schedule: after t iterations the EMA weights iteration s by (s^(p+1) - (s-1)^(p+1)) / t^(p+1) (these
+    sum to one), whatever t is; here the weight takes the value s at iteration s."""
+    power, iterations = 3.0, 12
+    model = torch.nn.Linear(1, 1, bias=False)
+    handler = EMAHandler(model, momentum=1e-9, power=power)
+    engine = Engine(lambda engine, batch: model.weight.data.fill_(float(engine.state.iteration)))
+    handler.attach(engine)
+    engine.run(range(iterations), max_epochs=1)
+    s = torch.arange(1, iterations + 1, dtype=torch.float64)
+    weights = (s ** (power + 1) - (s - 1) ** (power + 1)) / iterations ** (power + 1)
+    assert handler.ema_model.weight.item() == pytest.approx(float((weights * s).sum()), rel=1e-6)
+
+
+def test_power_ema_momentum_is_floored_and_continues_across_a_resume():
+    def momenta(start_iteration: int, max_epochs: int = 4, per_epoch: int = 5) -> list[float]:
+        engine = Engine(lambda engine, batch: None)
+        EMAHandler(torch.nn.Linear(1, 1), momentum=0.05, power=7).attach(engine)
+
+        @engine.on(Events.STARTED)
+        def restore(engine):
+            engine.state.iteration = start_iteration
+            engine.state.epoch = start_iteration // per_epoch
+
+        seen = []
+        engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(e.state.ema_momentum))
+        engine.run(range(per_epoch), max_epochs=max_epochs)
+        return seen
+
+    uninterrupted = momenta(0)
+    assert uninterrupted[0] == 1.0  # the first average is the network itself
+    assert all(a > b for a, b in zip(uninterrupted, uninterrupted[1:]) if b > 0.05)  # falls until the floor
+    assert uninterrupted[-1] == pytest.approx(1 - (1 - 1 / 20) ** 8) and min(uninterrupted) >= 0.05
+    assert momenta(10) == pytest.approx(uninterrupted[10:])
+
+
+@pytest.mark.parametrize("bad", [{"power": 7, "momentum_warmup": 0.1, "warmup_iters": 5}, {"power": -1}])
+def test_power_ema_rejects_conflicting_or_negative_settings(bad):
+    with pytest.raises(ValueError, match="'power'"):
+        EMAHandler(torch.nn.Linear(1, 1), momentum=0.001, **bad)
