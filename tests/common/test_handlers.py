@@ -90,10 +90,15 @@ def test_checkpointer_refuses_a_bad_n_saved(tmp_path, n_saved):
         TrainingCheckpointer(str(tmp_path), torch.nn.Linear(1, 1), None, n_saved=n_saved)
 
 
-def ema_momenta(handler_class, max_epochs: int, start_iteration: int = 0, per_epoch: int = 3) -> list[float]:
+LINEAR_WARMUP = {"momentum": 0.001, "momentum_warmup": 0.1, "warmup_iters": 5}
+
+
+def ema_momenta(
+    handler_class, max_epochs: int, start_iteration: int = 0, per_epoch: int = 3, settings: dict = LINEAR_WARMUP
+) -> list[float]:
     """The EMA momentum used at every iteration of a run that starts (resumes) at ``start_iteration``."""
     engine = Engine(lambda engine, batch: None)
-    handler_class(torch.nn.Linear(1, 1), momentum=0.001, momentum_warmup=0.1, warmup_iters=5).attach(engine)
+    handler_class(torch.nn.Linear(1, 1), **settings).attach(engine)
 
     @engine.on(Events.STARTED)
     def restore(engine):
@@ -131,24 +136,14 @@ def test_power_ema_is_the_power_function_average_of_the_run_so_far():
 
 
 def test_power_ema_momentum_is_floored_and_continues_across_a_resume():
-    def momenta(start_iteration: int, max_epochs: int = 4, per_epoch: int = 5) -> list[float]:
-        engine = Engine(lambda engine, batch: None)
-        EMAHandler(torch.nn.Linear(1, 1), momentum=0.05, power=7).attach(engine)
-
-        @engine.on(Events.STARTED)
-        def restore(engine):
-            engine.state.iteration = start_iteration
-            engine.state.epoch = start_iteration // per_epoch
-
-        seen = []
-        engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(e.state.ema_momentum))
-        engine.run(range(per_epoch), max_epochs=max_epochs)
-        return seen
+    def momenta(start_iteration: int) -> list[float]:
+        power = {"momentum": 0.45, "power": 7}
+        return ema_momenta(EMAHandler, max_epochs=4, start_iteration=start_iteration, per_epoch=5, settings=power)
 
     uninterrupted = momenta(0)
     assert uninterrupted[0] == 1.0  # the first average is the network itself
-    assert all(a > b for a, b in zip(uninterrupted, uninterrupted[1:]) if b > 0.05)  # falls until the floor
-    assert uninterrupted[-1] == pytest.approx(1 - (1 - 1 / 20) ** 8) and min(uninterrupted) >= 0.05
+    assert uninterrupted[12] == pytest.approx(1 - (1 - 1 / 13) ** 8)  # 0.473, falling with the iteration
+    assert uninterrupted[13:] == [0.45] * 7  # floored at momentum from iteration 14 (1 - (13/14)^8 = 0.447)
     assert momenta(10) == pytest.approx(uninterrupted[10:])
 
 
