@@ -3,8 +3,8 @@
 * :class:`TrainingCheckpointer` checkpoints (atomically, with ignite's ``Checkpoint``) and resumes (reading the
   checkpoint once) the engine it is attached to, so a config can save the trainer's own state (iteration,
   optimizer) without the circular reference ``trainer -> handlers -> trainer``.
-* :class:`EMAHandler` is ignite's EMA whose momentum warm-up follows the trainer's iteration, so a resumed run
-  continues the warm-up instead of starting it again.
+* :class:`EMAHandler` is ignite's EMA whose momentum follows the trainer's iteration (a resumed run continues the
+  warm-up instead of starting it again), optionally as a power-function average that scales with the run's length.
 * :class:`LossHistoryHandler` keeps a CSV of the loss per iteration with wall-clock time (loss curves for the notes).
 * :class:`PairPreviewHandler` samples a few pairs every few epochs and saves a preview grid: the "validation samples"
   of a generator, which a person can look at while it trains.
@@ -84,20 +84,47 @@ def _load_resumable(path: str, network: torch.nn.Module) -> Mapping:
 
 
 class EMAHandler(_IgniteEMAHandler):
-    """``ignite.handlers.EMAHandler`` with its momentum warm-up indexed by the trainer's iteration.
+    """``ignite.handlers.EMAHandler`` whose momentum follows the trainer's iteration, with an optional power-function
+    schedule.
 
-    ignite schedules the warm-up by counting its own calls, which start from zero in every process: a run resumed from
-    a checkpoint (the EMA weights restored with it) would warm up again, weighting the newest weights by up to
+    ignite schedules its linear warm-up by counting its own calls, which start from zero in every process: a run resumed
+    from a checkpoint (the EMA weights restored with it) would warm up again, weighting the newest weights by up to
     ``momentum_warmup`` (0.1) instead of ``momentum`` (0.001), so the shipped EMA weights of a resumed run would differ
-    from an uninterrupted one. Same arguments and behaviour as ignite's otherwise.
+    from an uninterrupted one. Here the warm-up is indexed by ``engine.state.iteration``.
+
+    ``power`` replaces the linear warm-up by the power-function average of Karras et al. 2024 (EDM2):
+    ``momentum_t = max(momentum, 1 - (1 - 1/t) ** (power + 1))`` at iteration t, which weights iteration s by about
+    ``(s / t) ** power``: the average spans a fixed fraction of the run so far (relative width ~0.1 at power 7), so a
+    300-iteration CPU run and a 100k-iteration GPU run both average over their own recent past. A constant momentum of
+    0.001 instead averages over the last ~1000 iterations, most of a short run, and keeps its early, poor weights.
+    ``momentum`` stays the floor (reached at t ~ (power + 1) / momentum).
     """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        momentum: float = 0.0002,
+        momentum_warmup: float | None = None,
+        warmup_iters: int | None = None,
+        power: float | None = None,
+        handle_buffers: str = "copy",
+    ) -> None:
+        if power is not None and (momentum_warmup is not None or warmup_iters is not None):
+            raise ValueError("EMAHandler: give 'power' or 'momentum_warmup' + 'warmup_iters', not both.")
+        if power is not None and not power >= 0:
+            raise ValueError(f"EMAHandler: 'power' must be >= 0, got {power}.")
+        super().__init__(model, momentum, momentum_warmup, warmup_iters, handle_buffers)
+        self.power = power
 
     def attach(self, engine: Engine, name: str = "ema_momentum", warn_if_exists: bool = True, event=None) -> None:
         event = Events.ITERATION_COMPLETED if event is None else event
-        engine.add_event_handler(event, self._follow_iteration)  # registered first: runs before ignite's scheduler
+        engine.add_event_handler(event, self._follow_iteration, name)  # registered first: runs before ignite's update
         super().attach(engine, name=name, warn_if_exists=warn_if_exists, event=event)
 
-    def _follow_iteration(self, engine: Engine) -> None:
+    def _follow_iteration(self, engine: Engine, name: str) -> None:
+        if self.power is not None:
+            iteration = max(engine.state.iteration, 1)
+            setattr(engine.state, name, max(self.momentum, 1.0 - (1.0 - 1.0 / iteration) ** (self.power + 1)))
         scheduler = getattr(self, "momentum_scheduler", None)
         if scheduler is not None:
             scheduler.event_index = engine.state.iteration - 1  # the scheduler adds one, then reads its value

@@ -1,5 +1,6 @@
 """LossHistoryHandler: one row per iteration, also across a resume that repeats iterations after the checkpoint;
-TrainingCheckpointer: how many checkpoints it keeps; EMAHandler: a resumed run continues the momentum warm-up."""
+TrainingCheckpointer: how many checkpoints it keeps; EMAHandler: a resumed run continues the momentum warm-up, and the
+power schedule averages the run so far with EDM2's weights."""
 
 from __future__ import annotations
 
@@ -89,10 +90,15 @@ def test_checkpointer_refuses_a_bad_n_saved(tmp_path, n_saved):
         TrainingCheckpointer(str(tmp_path), torch.nn.Linear(1, 1), None, n_saved=n_saved)
 
 
-def ema_momenta(handler_class, max_epochs: int, start_iteration: int = 0, per_epoch: int = 3) -> list[float]:
+LINEAR_WARMUP = {"momentum": 0.001, "momentum_warmup": 0.1, "warmup_iters": 5}
+
+
+def ema_momenta(
+    handler_class, max_epochs: int, start_iteration: int = 0, per_epoch: int = 3, settings: dict = LINEAR_WARMUP
+) -> list[float]:
     """The EMA momentum used at every iteration of a run that starts (resumes) at ``start_iteration``."""
     engine = Engine(lambda engine, batch: None)
-    handler_class(torch.nn.Linear(1, 1), momentum=0.001, momentum_warmup=0.1, warmup_iters=5).attach(engine)
+    handler_class(torch.nn.Linear(1, 1), **settings).attach(engine)
 
     @engine.on(Events.STARTED)
     def restore(engine):
@@ -113,3 +119,35 @@ def test_ema_warmup_follows_the_trainer_iteration_across_a_resume():
     assert resumed == pytest.approx(uninterrupted[3:])
     # ignite's own handler restarts the warm-up after a resume: the case this class exists for
     assert ema_momenta(IgniteEMAHandler, max_epochs=3, start_iteration=3)[0] == pytest.approx(0.1)
+
+
+def test_power_ema_is_the_power_function_average_of_the_run_so_far():
+    """EDM2's schedule: after t iterations the EMA weights iteration s by (s^(p+1) - (s-1)^(p+1)) / t^(p+1) (these
+    sum to one), whatever t is; here the weight takes the value s at iteration s."""
+    power, iterations = 3.0, 12
+    model = torch.nn.Linear(1, 1, bias=False)
+    handler = EMAHandler(model, momentum=1e-9, power=power)
+    engine = Engine(lambda engine, batch: model.weight.data.fill_(float(engine.state.iteration)))
+    handler.attach(engine)
+    engine.run(range(iterations), max_epochs=1)
+    s = torch.arange(1, iterations + 1, dtype=torch.float64)
+    weights = (s ** (power + 1) - (s - 1) ** (power + 1)) / iterations ** (power + 1)
+    assert handler.ema_model.weight.item() == pytest.approx(float((weights * s).sum()), rel=1e-6)
+
+
+def test_power_ema_momentum_is_floored_and_continues_across_a_resume():
+    def momenta(start_iteration: int) -> list[float]:
+        power = {"momentum": 0.45, "power": 7}
+        return ema_momenta(EMAHandler, max_epochs=4, start_iteration=start_iteration, per_epoch=5, settings=power)
+
+    uninterrupted = momenta(0)
+    assert uninterrupted[0] == 1.0  # the first average is the network itself
+    assert uninterrupted[12] == pytest.approx(1 - (1 - 1 / 13) ** 8)  # 0.473, falling with the iteration
+    assert uninterrupted[13:] == [0.45] * 7  # floored at momentum from iteration 14 (1 - (13/14)^8 = 0.447)
+    assert momenta(10) == pytest.approx(uninterrupted[10:])
+
+
+@pytest.mark.parametrize("bad", [{"power": 7, "momentum_warmup": 0.1, "warmup_iters": 5}, {"power": -1}])
+def test_power_ema_rejects_conflicting_or_negative_settings(bad):
+    with pytest.raises(ValueError, match="'power'"):
+        EMAHandler(torch.nn.Linear(1, 1), momentum=0.001, **bad)
