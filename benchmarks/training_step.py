@@ -118,8 +118,7 @@ def _first_tensor(output):
 def run(bundle: str, variant: str, repeat: int, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--_measure", bundle, variant, "--size", str(args.size)]
     cmd += ["--iterations", str(args.iterations), "--warmup", str(args.warmup)]
-    name = f"{bundle}_{variant}_{repeat}.json" if args.size == 64 else f"{bundle}_{variant}_{args.size}px_{repeat}.json"
-    return cached_measurement(Path(args.workdir) / name, cmd)
+    return cached_measurement(Path(args.workdir) / f"{bundle}_{variant}_{args.size}px_{repeat}.json", cmd)
 
 
 def summarise(runs: dict[str, list[dict]]) -> dict:
