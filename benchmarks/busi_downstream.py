@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.bundle_runner import run_bundle  # noqa: E402
-from common.seg_eval import run_segmentation_evaluation  # noqa: E402
+from common.evaluation.protocol import run_segmentation_evaluation  # noqa: E402
 
 CONFIGS = REPO / "bundles" / "pig" / "configs"
 RESULTS = REPO / "benchmarks" / "results"
@@ -108,7 +108,7 @@ def fid_comparison(work: Path, args: argparse.Namespace, regime: int) -> dict[st
 
     from common.checkpoints import load_weights
     from common.data import load_dataset
-    from common.metrics import ReferenceFID
+    from common.fid import ReferenceFID
     from common.sampling import ImageSampler
     from common.writers import PairWriter
 

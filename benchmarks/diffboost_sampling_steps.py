@@ -75,7 +75,9 @@ def main() -> None:
     args = parser.parse_args()
     args.extra = [str(Path(p).resolve()) for p in args.extra_config]
 
-    from common.reconstruction_eval import evaluate_reconstructions
+    from common.bundle import import_scripts
+
+    evaluate_reconstructions = import_scripts(REPO / "bundles" / "diffboost").table_i.evaluate_reconstructions
 
     work = Path(args.workdir).resolve()
     start = time.perf_counter()
@@ -110,8 +112,8 @@ def main() -> None:
     if args.fid:
         import numpy as np
 
-        from common.metrics import ReferenceFID
-        from common.semantic_eval import read_synthetic_images
+        from common.comparison import read_synthetic_images
+        from common.fid import ReferenceFID
 
         fid = ReferenceFID(np.stack([np.asarray(p["image"], np.float32) for p in held_out]))
         for name, folder in folders.items():

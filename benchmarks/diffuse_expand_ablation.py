@@ -164,7 +164,8 @@ def main() -> None:
 
     summary = {"settings": vars(args), "sets": {}}
     from common.data import load_dataset
-    from common.seg_eval import load_synthetic, run_segmentation_evaluation
+    from common.evaluation.conditions import load_synthetic
+    from common.evaluation.protocol import run_segmentation_evaluation
 
     real = load_dataset(args.dataset_dir, split="train", image_size=64)
     fid_to_real = None  # every set against the same real images: their features once, when a set needs them
@@ -177,7 +178,7 @@ def main() -> None:
         if complete(folder) and not args.no_fid:
             fid_file = folder / "fid.json"
             if not fid_file.is_file():
-                from common.metrics import ReferenceFID
+                from common.fid import ReferenceFID
 
                 fid_to_real = fid_to_real or ReferenceFID([p["image"] for p in real])
                 images = [p["image"] for p in load_synthetic(folder, 64, 2)]

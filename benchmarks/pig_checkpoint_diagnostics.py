@@ -23,13 +23,15 @@ sys.path.insert(0, str(REPO))
 
 from monai.bundle import ConfigParser  # noqa: E402
 
+from common.bundle import import_scripts  # noqa: E402
 from common.checkpoints import load_weights  # noqa: E402
 from common.data import load_dataset  # noqa: E402
+from common.diffusion import predict_x0  # noqa: E402
 from common.metrics import compare_statistics, pair_statistics  # noqa: E402
-from common.paired_model import predict_x0  # noqa: E402
-from common.sampling import PairedSampler  # noqa: E402
-from common.training import PairedDiffusionPrepareBatch  # noqa: E402
 from common.transforms import decode_mask, encode_mask  # noqa: E402
+
+PIG = import_scripts(REPO / "bundles" / "pig").pig
+PairedSampler, PairedDiffusionPrepareBatch = PIG.PairedSampler, PIG.PairedDiffusionPrepareBatch
 
 
 def main() -> None:

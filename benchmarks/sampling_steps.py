@@ -91,8 +91,8 @@ def main() -> None:
     import numpy as np
 
     from common.data import load_dataset
-    from common.metrics import ReferenceFID
-    from common.seg_eval import load_or_train_segmenter
+    from common.evaluation.segmenter import load_or_train_segmenter
+    from common.fid import ReferenceFID
 
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)

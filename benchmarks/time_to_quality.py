@@ -164,7 +164,7 @@ def main() -> None:
     if args.fid and real is not None:  # every point is scored against the same real images: their features once
         import numpy as np
 
-        from common.metrics import ReferenceFID
+        from common.fid import ReferenceFID
 
         fid = ReferenceFID(np.stack([p["image"] for p in real]).astype(np.float32))
     data = ["--dataset_dir", args.dataset_dir] + (["--max_pairs", str(args.max_pairs)] if args.max_pairs else [])

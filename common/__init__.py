@@ -1,7 +1,10 @@
-"""Shared building blocks of the paired-synthesis bundles.
+"""The shared library of the paired-synthesis bundles (distribution ``monai-paired-synthesis``, import name ``common``).
 
-Submodules load on first attribute access, so a bundle config needs only ``"$import common"`` and can then say
-``common.data.load_dataset(...)`` (MONAI's config ``imports`` bind ``import a.b`` under the name ``a.b``, not ``a``).
+It holds what two or more bundles share: data, transforms, the diffusion maths, schedulers, the sampler protocol and
+generation, writers, metrics, training glue, the segmentation evaluation and the bundle plumbing. Each method's own
+code lives in its bundle's ``scripts/`` package. Submodules load on first attribute access, so a bundle config needs
+only ``"$import common"`` and can then say ``common.data.load_dataset(...)`` (MONAI's config ``imports`` bind
+``import a.b`` under the name ``a.b``, not ``a``).
 """
 
 from __future__ import annotations
@@ -9,38 +12,29 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+__version__ = "0.5.0"
+
 __all__ = [
-    "augmentations",
+    "bundle",
+    "bundle_export",
     "checkpoints",
+    "comparison",
     "data",
-    "diffboost",
+    "diffusion",
     "distributed",
-    "edges",
     "errors",
+    "evaluation",
     "export",
-    "filtering",
+    "fid",
     "generation",
-    "guidance",
-    "guided_unet",
     "handlers",
-    "losses",
     "metrics",
     "micro_batching",
-    "noisy_segmenter",
     "overrides",
-    "paired_model",
-    "patch_mixing",
     "pix2pix",
     "provenance",
-    "reconstruction_eval",
     "sampling",
     "schedulers",
-    "seg_eval",
-    "semantic_eval",
-    "semantic_model",
-    "task_conditioned",
-    "text_conditioning",
-    "text_edge_model",
     "training",
     "transforms",
     "writers",

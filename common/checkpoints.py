@@ -10,7 +10,7 @@ from torch import nn
 
 from common.errors import InputError, first_line
 
-__all__ = ["load_weights"]
+__all__ = ["load_weights", "load_pretrained"]
 
 
 def load_weights(network: nn.Module, path: str, key: str = "network", strict: bool = True) -> nn.Module:
@@ -35,3 +35,9 @@ def load_weights(network: nn.Module, path: str, key: str = "network", strict: bo
     except RuntimeError as exc:
         raise InputError(f"checkpoint '{path}' does not match the configured network ({first_line(exc)}).") from exc
     return network
+
+
+def load_pretrained(network: nn.Module, path: str | None, key: str = "network") -> nn.Module:
+    """``network`` with the weights of ``path`` (:func:`load_weights`), or unchanged when ``path`` is None or empty:
+    the training configs' ``pretrained_weights`` (fine-tuning) versus training from scratch."""
+    return load_weights(network, path, key) if path else network

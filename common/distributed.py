@@ -4,15 +4,15 @@ One rule makes a run with N processes equal to a one-process run on the same glo
 training step makes (the batch indices, timesteps, noise, task coins) is drawn for the GLOBAL batch, identically on
 every rank (same seed, same call order), and each rank keeps its rows ``rank::world_size``. With one process these
 helpers reduce to the plain draws, so single-process training is unchanged. Rank 0 alone writes logs, previews and
-checkpoints (ignite's savers already save on rank 0 only; :func:`handlers_for_rank` drops the log writers elsewhere).
+checkpoints (ignite's savers already save on rank 0 only; :func:`common.handlers.handlers_for_rank` drops the log
+writers elsewhere).
 NCCL on GPUs, gloo on CPU.
 """
 
 from __future__ import annotations
 
-import glob
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,7 +27,6 @@ __all__ = [
     "destroy_process_group",
     "local_device",
     "wrap_ddp",
-    "handlers_for_rank",
     "draw_global",
     "GlobalBatchSampler",
 ]
@@ -86,36 +85,6 @@ def wrap_ddp(network: torch.nn.Module, find_unused_parameters: bool = False) -> 
     return torch.nn.parallel.DistributedDataParallel(
         network, device_ids=device_ids, find_unused_parameters=find_unused_parameters
     )
-
-
-def _log_writers() -> tuple[type, ...]:
-    from monai.handlers import MLFlowHandler, StatsHandler, TensorBoardStatsHandler
-
-    from common.handlers import LossHistoryHandler, PairPreviewHandler
-
-    return (StatsHandler, TensorBoardStatsHandler, MLFlowHandler, LossHistoryHandler, PairPreviewHandler)
-
-
-def handlers_for_rank(handlers: Sequence[Any]) -> list[Any]:
-    """The handlers this rank attaches: all on rank 0; elsewhere all but the log/preview writers (EMA and the
-    checkpointer stay: every rank must resume from the checkpoint, and ignite saves on rank 0 only)."""
-    if is_main_process():
-        return list(handlers)
-    writers = _log_writers()
-    for handler in handlers:
-        if isinstance(handler, writers):
-            _discard_event_file(handler)
-    return [h for h in handlers if not isinstance(h, writers)]
-
-
-def _discard_event_file(handler: Any) -> None:
-    """A TensorBoard handler opens its event file when constructed; close and delete this process's empty one."""
-    writer = getattr(handler, "_writer", None)
-    if writer is None or not getattr(handler, "internal_writer", False):
-        return
-    writer.close()
-    for path in glob.glob(os.path.join(writer.log_dir, f"events.out.tfevents.*.{os.getpid()}.*")):
-        os.remove(path)
 
 
 def draw_global(draw: Callable[[int], Any], local_batch: int) -> Any:

@@ -8,6 +8,7 @@
 * :class:`LossHistoryHandler` keeps a CSV of the loss per iteration with wall-clock time (loss curves for the notes).
 * :class:`PairPreviewHandler` samples a few pairs every few epochs and saves a preview grid: the "validation samples"
   of a generator, which a person can look at while it trains.
+* :func:`handlers_for_rank` keeps the log and preview writers on rank 0 under DDP (``multi_gpu_train.json``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 import torch
@@ -32,7 +33,14 @@ from common.generation import pair_noise
 from common.transforms import decode_mask, mask_channels
 from common.writers import atomic_path, save_preview_grid
 
-__all__ = ["EMAHandler", "TrainingCheckpointer", "LossHistoryHandler", "PairPreviewHandler", "latest_checkpoint"]
+__all__ = [
+    "EMAHandler",
+    "TrainingCheckpointer",
+    "LossHistoryHandler",
+    "PairPreviewHandler",
+    "latest_checkpoint",
+    "handlers_for_rank",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -328,3 +336,31 @@ class PairPreviewHandler:
         )
         logger.info("preview of %d sampled pairs written to %s", self.num_pairs, path)
         network.train(was_training)
+
+
+def _log_writers() -> tuple[type, ...]:
+    from monai.handlers import MLFlowHandler, StatsHandler, TensorBoardStatsHandler
+
+    return (StatsHandler, TensorBoardStatsHandler, MLFlowHandler, LossHistoryHandler, PairPreviewHandler)
+
+
+def handlers_for_rank(handlers: Sequence[Any]) -> list[Any]:
+    """The handlers this rank attaches: all on rank 0; elsewhere all but the log/preview writers (EMA and the
+    checkpointer stay: every rank must resume from the checkpoint, and ignite saves on rank 0 only)."""
+    if is_main_process():
+        return list(handlers)
+    writers = _log_writers()
+    for handler in handlers:
+        if isinstance(handler, writers):
+            _discard_event_file(handler)
+    return [h for h in handlers if not isinstance(h, writers)]
+
+
+def _discard_event_file(handler: Any) -> None:
+    """A TensorBoard handler opens its event file when constructed; close and delete this process's empty one."""
+    writer = getattr(handler, "_writer", None)
+    if writer is None or not getattr(handler, "internal_writer", False):
+        return
+    writer.close()
+    for path in glob.glob(os.path.join(writer.log_dir, f"events.out.tfevents.*.{os.getpid()}.*")):
+        os.remove(path)

@@ -34,6 +34,7 @@ from monai.networks.nets import PatchDiscriminator, UNet
 from torch import nn
 
 from common.errors import InputError
+from common.sampling import ConditionedPairSampler
 from common.training import iteration_loader, training_items
 from common.transforms import encode_mask, mask_channels
 from common.writers import atomic_path
@@ -136,19 +137,16 @@ def mask_condition(num_classes: int = 2) -> ConditionFn:
     return condition
 
 
-def edge_condition(edge_detector: Callable[[torch.Tensor], torch.Tensor] | None = None) -> ConditionFn:
-    """A ``condition_fn`` for edge map -> image (DiffBoost Table I): the image's edges, 1 channel.
+def edge_condition(edge_detector: Callable[[torch.Tensor], torch.Tensor]) -> ConditionFn:
+    """A ``condition_fn`` for edge map -> image (DiffBoost Table I): ``edge_detector(images)``, 1 channel.
 
-    ``edge_detector`` (images -> edges) is the DiffBoost generator's (Canny, :func:`common.edges.canny_edges`, when
-    None; or :class:`common.edges.HEDEdges`), so both models are asked to rebuild an image from the same input.
+    Pass the DiffBoost generator's own detector (Canny or HED, ``scripts.edges``), so both models are asked to rebuild
+    an image from the same input.
     """
-    from common.edges import canny_edges
-
-    detector = edge_detector or canny_edges
 
     def condition(labels: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return detector(images)
+            return edge_detector(images)
 
     return condition
 
@@ -431,13 +429,12 @@ def fit_label_to_image(
     return fit_pix2pix(path, pairs, condition, mask_channels(num_classes), iterations, **kwargs)
 
 
-class Pix2PixSampler:
-    """The pair-sampler interface of :func:`common.generation.generate_pairs` for a condition -> image generator.
+class Pix2PixSampler(ConditionedPairSampler):
+    """The pair-sampler protocol (:mod:`common.sampling`) for a condition -> image generator.
 
     Pair ``i`` is the image made from real pair ``i % len(labels)``: from its encoded label map by default, or from
-    ``condition_fn(labels, images)`` (e.g. :func:`edge_condition`, which needs ``images``); returned as
-    ``(encoded labels, images)``, so the written pair keeps the real label. The noise arguments are ignored: pix2pix
-    without dropout at test time is deterministic.
+    ``condition_fn(labels, images)`` (e.g. :func:`edge_condition`, which needs ``images``); the written pair keeps the
+    real label. The noise is ignored: pix2pix without dropout at test time is deterministic.
     """
 
     def __init__(
@@ -447,23 +444,11 @@ class Pix2PixSampler:
         images: Sequence[Any] | None = None,
         condition_fn: ConditionFn | None = None,
     ) -> None:
-        if len(labels) == 0:
-            raise InputError("Pix2PixSampler needs at least one label map.")
-        if images is not None and len(images) != len(labels):
-            raise InputError(f"Pix2PixSampler got {len(labels)} label maps but {len(images)} images.")
         if condition_fn is not None and images is None:
             raise InputError("Pix2PixSampler: a 'condition_fn' needs the real 'images' it is computed from.")
-        self.labels = torch.stack([torch.as_tensor(np.asarray(m)) for m in labels]).long()
-        self.images = None if images is None else torch.stack([torch.as_tensor(np.asarray(x)) for x in images]).float()
-        self.num_classes = num_classes
+        super().__init__(labels, num_classes, images)
         self.condition_fn = condition_fn or mask_condition(num_classes)
 
-    @torch.no_grad()
-    def __call__(self, model: nn.Module, mask_noise: torch.Tensor, image_noise: torch.Tensor, indices=None):
-        if indices is None:
-            indices = range(image_noise.shape[0])
-        chosen = [i % len(self.labels) for i in indices]
-        labels = self.labels[chosen].to(image_noise.device)
-        images = torch.zeros_like(image_noise) if self.images is None else self.images[chosen].to(image_noise.device)
-        condition = _condition(self.condition_fn, labels, images).to(image_noise.dtype)
-        return encode_mask(labels, self.num_classes).to(image_noise.dtype), model(condition)
+    def images(self, model, labels, real_images, noise, indices) -> torch.Tensor:
+        images = torch.zeros_like(noise) if real_images is None else real_images
+        return model(_condition(self.condition_fn, labels, images).to(noise.dtype))

@@ -19,7 +19,7 @@ import numpy as np
 from common.distributed import is_main_process
 from common.writers import atomic_write_bytes
 
-__all__ = ["write_training_data_summary", "read_training_data_summary", "resolve_file_format"]
+__all__ = ["write_training_data_summary", "read_training_data_summary", "resolve_file_format", "training_affine"]
 
 SUMMARY_NAME = "training_data.json"
 
@@ -62,3 +62,9 @@ def resolve_file_format(file_format: str, ckpt_dir: str) -> str:
         return file_format
     trained_on = read_training_data_summary(ckpt_dir).get("format", "png")
     return "nifti" if trained_on in ("nifti", "dicom") else "png"
+
+
+def training_affine(ckpt_dir: str) -> list | None:
+    """The affine of the training data's first slice (NIfTI/DICOM sources), for writing generated pairs with the
+    source's geometry; None for 2D sources or checkpoints trained elsewhere."""
+    return read_training_data_summary(ckpt_dir).get("affine")

@@ -37,8 +37,6 @@ __all__ = [
     "slice_affine",
     "resized_affine",
     "semantic_edges",
-    "body_mask",
-    "add_body_class",
 ]
 
 ArrayLike = torch.Tensor | np.ndarray
@@ -227,42 +225,3 @@ def semantic_edges(label: torch.Tensor) -> torch.Tensor:
     for n in neighbours:
         edge |= n != centre
     return edge.to(torch.float32)
-
-
-def body_mask(image: np.ndarray, threshold: float = -0.95, opening: int = 1) -> np.ndarray:
-    """The patient's body in a windowed CT slice (values in [-1, 1]): threshold, open, largest component, fill holes.
-
-    (scipy.ndimage: MONAI's KeepLargestConnectedComponent needs scikit-image, which nothing else here uses.)
-
-    With the abdominal window (level 40, width 400) -1 is <= -160 HU; ``threshold`` -0.95 keeps tissue above -150 HU
-    (fat included, air and most of the table out). Returns bool (H, W) or (1, H, W) like ``image``.
-    """
-    from scipy import ndimage
-
-    array = np.asarray(image)
-    plane = array[0] if array.ndim == 3 else array
-    body = plane > threshold
-    if opening:
-        body = ndimage.binary_opening(body, iterations=opening)
-    components, count = ndimage.label(body)
-    if count:
-        sizes = np.bincount(components.ravel())[1:]
-        body = ndimage.binary_fill_holes(components == 1 + int(np.argmax(sizes)))
-    return body[None] if array.ndim == 3 else body
-
-
-def add_body_class(pairs: Sequence[dict], num_classes: int, threshold: float = -0.95) -> list[dict]:
-    """Label the body outside every organ as a new class ``num_classes`` (paper 004's extra "body" class).
-
-    Returns new pair dicts (the input is not modified) whose labels have ``num_classes + 1`` classes.
-    """
-    out = []
-    for pair in pairs:
-        label = np.asarray(pair["label"])
-        if label.size and int(label.max()) >= num_classes:
-            raise InputError(
-                f"label of '{pair.get('name', '?')}' has class {int(label.max())} >= num_classes {num_classes}."
-            )
-        body = body_mask(pair["image"], threshold)
-        out.append({**pair, "label": np.where((label == 0) & body, num_classes, label).astype(np.int64)})
-    return out

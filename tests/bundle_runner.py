@@ -54,6 +54,7 @@ def _run_here(command: list[str]) -> subprocess.CompletedProcess:
     import monai.bundle.__main__
     from monai.bundle.scripts import run
 
+    from common.bundle import activate
     from common.errors import EXIT_INPUT_ERROR, find_input_error
     from common.overrides import parse_run_arguments
 
@@ -70,6 +71,7 @@ def _run_here(command: list[str]) -> subprocess.CompletedProcess:
         with contextlib.chdir(REPO), contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
             try:
                 sys.argv = argv
+                activate(None)  # the bundle is the one of the configs being run, as in a fresh process
                 run(**kwargs)
             except Exception as exc:  # noqa: BLE001 - reported as the CLI would report it
                 user_error = find_input_error(exc)

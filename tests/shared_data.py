@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 from monai.bundle import ConfigParser
 
-__all__ = ["DATA", "REPO", "needs", "config_parser", "untrained_checkpoint", "user_error", "tiny_clip_folder"]
+__all__ = [
+    "DATA",
+    "REPO",
+    "needs",
+    "config_parser",
+    "untrained_checkpoint",
+    "user_error",
+    "tiny_clip_folder",
+    "bundle_module",
+]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +42,12 @@ def needs(*parts: str):
 
 
 def config_parser(*files) -> ConfigParser:
-    """A MONAI ``ConfigParser`` over config files read in order (later files override earlier keys)."""
+    """A MONAI ``ConfigParser`` over config files read in order (later files override earlier keys), with the bundle
+    of the first file active (:func:`common.bundle.activate`), as a run of that bundle would have it."""
+    from common.bundle import activate
+
+    first = Path(files[0]).resolve()
+    activate(first.parent.parent if first.parent.name == "configs" else None)
     parser = ConfigParser()
     parser.read_config([str(f) for f in files])
     return parser
@@ -92,3 +106,26 @@ def tiny_clip_folder(folder: Path) -> Path:
     CLIPTextModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def bundle_module(bundle: str, module: str):
+    """``bundles/<bundle>/scripts/<module>.py`` imported for a test, whatever other bundle was imported before.
+
+    Every bundle's method package is named ``scripts`` (the Model Zoo's convention), so tests load each one under its
+    own name, ``_<bundle>_scripts``: the packages of several bundles then live side by side in one test process, and
+    their relative imports (``from .edges import ...``) resolve inside their own bundle.
+    """
+    import importlib
+    import importlib.util
+    import sys
+
+    alias = f"_{bundle}_scripts"
+    if alias not in sys.modules:
+        folder = REPO / "bundles" / bundle / "scripts"
+        spec = importlib.util.spec_from_file_location(
+            alias, folder / "__init__.py", submodule_search_locations=[str(folder)]
+        )
+        package = importlib.util.module_from_spec(spec)
+        sys.modules[alias] = package
+        spec.loader.exec_module(package)
+    return importlib.import_module(f"{alias}.{module}")

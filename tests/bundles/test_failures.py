@@ -161,7 +161,7 @@ def test_disk_full_while_checkpointing(tmp_path):
     message = user_error(train(tmp_path, "--preview_interval", "0", file_size_limit=100_000))
     assert "could not write checkpoint" in message and "disk full" in message
     leftovers = sorted(p.name for p in (tmp_path / "models").iterdir())
-    assert leftovers == ["training_data.json"], f"a partial checkpoint survived: {leftovers}"
+    assert leftovers == ["training_config.json", "training_data.json"], f"a partial checkpoint survived: {leftovers}"
 
 
 def test_disk_full_while_generating(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from monai.bundle import ckpt_export, verify_metadata, verify_net_in_out
 
+from common.bundle import activate
 from common.export import PackedInputs, pack_inputs
 from tests.shared_data import REPO, config_parser
 
@@ -78,6 +79,7 @@ def example_input(layout, channels: int, size: int = 64) -> torch.Tensor:
 @pytest.mark.parametrize("bundle,config,net_id,wrapped,io", NETWORKS, ids=[f"{n[0]}-{n[2]}" for n in NETWORKS])
 def test_verify_net_in_out_and_torchscript_export(bundle, config, net_id, wrapped, io, tmp_path):
     config_file, meta_file = str(configs(bundle) / config), str(configs(bundle) / "metadata.json")
+    activate(configs(bundle).parent)  # as MONAI's CLI from the bundle folder: its scripts and bundle_root
     verify_net_in_out(net_id=net_id, config_file=config_file, meta_file=meta_file, device="cpu", **io_overrides(io))
 
     parser = config_parser(configs(bundle) / config)
@@ -101,6 +103,7 @@ def test_verify_net_in_out_and_torchscript_export(bundle, config, net_id, wrappe
 
 def test_pix2pix_generator_exports_by_scripting(tmp_path):
     config_file = str(configs("ct_semantic_synthesis") / "train_pix2pix.json")
+    activate(configs("ct_semantic_synthesis").parent)
     meta_file = str(configs("ct_semantic_synthesis") / "metadata.json")
     parser = config_parser(config_file)
     generator = parser.get_parsed_content("generator_def").eval()

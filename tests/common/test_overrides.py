@@ -8,12 +8,7 @@ import os
 import pytest
 
 from common.errors import InputError
-from common.overrides import (
-    check_override_keys,
-    dropped_none_overrides,
-    parse_run_arguments,
-    unknown_override_keys,
-)
+from common.overrides import check_override_keys, dropped_none_overrides, parse_run_arguments, unknown_override_keys
 
 MONAI_MAIN = os.path.join("site-packages", "monai", "bundle", "__main__.py")
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from common import pix2pix
 from common.errors import InputError
 from common.transforms import encode_mask
+from tests.shared_data import bundle_module
 
 TINY_G = {"channels": (8, 16), "num_res_units": 0}
 TINY_D = {"channels": 8, "num_layers_d": 2}
@@ -276,13 +277,13 @@ def test_fit_label_to_image_trains_once_and_the_sampler_writes_pairs(tmp_path):
 
 
 def test_edge_to_image_pix2pix_sees_the_canny_edges_of_the_real_image(tmp_path):
-    from common.edges import canny_edges
+    canny_edges = bundle_module("diffboost", "edges").canny_edges
     from common.generation import generate_pairs
     from common.writers import PairWriter
 
     pairs = box_pairs(4, size=32)
     images = stacked(pairs, "image")
-    condition = pix2pix.edge_condition()
+    condition = pix2pix.edge_condition(canny_edges)
     torch.testing.assert_close(condition(stacked(pairs, "label"), images), canny_edges(images))
 
     path = tmp_path / "edges" / "generator.pt"

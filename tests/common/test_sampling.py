@@ -6,9 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from common.paired_model import PairedDiffusionModel, binarize_mask_estimate, predict_x0
-from common.sampling import PairedSampler
+from common.diffusion import predict_x0
 from common.schedulers import UniformDDIMScheduler, build_scheduler
+from tests.shared_data import bundle_module
+
+PairedDiffusionModel = bundle_module("pig", "pig").PairedDiffusionModel
+binarize_mask_estimate = bundle_module("pig", "pig").binarize_mask_estimate
+PairedSampler = bundle_module("pig", "pig").PairedSampler
 
 
 def linear_alpha_bar(num_train_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
@@ -173,7 +177,7 @@ def test_image_sampler_with_oracle_returns_target():
 
 
 def test_mask_conditioned_sampler_cycles_real_masks_and_conditions_on_them():
-    from common.sampling import MaskConditionedSampler
+    MaskConditionedSampler = bundle_module("pig", "baselines").MaskConditionedSampler
 
     T = 100
     scheduler = build_scheduler("ddim", num_train_timesteps=T)
@@ -267,7 +271,7 @@ class MeanClassifier(nn.Module):
 
 @pytest.mark.parametrize("method", ["ddim", "dpmsolver++"])
 def test_two_phase_sampler_with_oracles_returns_the_pair_and_conditions_on_its_mask(method):
-    from common.sampling import TwoPhaseSampler
+    TwoPhaseSampler = bundle_module("diffuse_expand", "diffuse_expand").TwoPhaseSampler
 
     mask = torch.where(torch.rand(1, 1, 8, 8) > 0.5, 1.0, -1.0)
     image = torch.rand(1, 1, 8, 8) * 2 - 1
@@ -283,7 +287,7 @@ def test_two_phase_sampler_with_oracles_returns_the_pair_and_conditions_on_its_m
 
 
 def test_two_phase_classifier_guidance_pushes_towards_the_class():
-    from common.sampling import TwoPhaseSampler
+    TwoPhaseSampler = bundle_module("diffuse_expand", "diffuse_expand").TwoPhaseSampler
 
     torch.manual_seed(0)
     mask = torch.ones(2, 1, 8, 8)
@@ -305,8 +309,8 @@ def test_two_phase_classifier_guidance_pushes_towards_the_class():
 
 
 def test_label_conditioned_sampler_cycles_label_maps_and_uses_the_learned_variance():
-    from common.losses import LearnedVarianceScheduler
-    from common.sampling import LabelConditionedSampler
+    LearnedVarianceScheduler = bundle_module("ct_semantic_synthesis", "semantic_synthesis").LearnedVarianceScheduler
+    LabelConditionedSampler = bundle_module("ct_semantic_synthesis", "semantic_synthesis").LabelConditionedSampler
     from common.transforms import encode_mask
 
     seen = []

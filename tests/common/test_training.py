@@ -5,9 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from common.paired_model import PairedDiffusionModel
 from common.schedulers import build_scheduler
-from common.training import PairedDiffusionPrepareBatch, iteration_loader, sample_timesteps, training_items
+from common.training import iteration_loader, sample_timesteps, training_items
+from tests.shared_data import bundle_module
+
+PairedDiffusionModel = bundle_module("pig", "pig").PairedDiffusionModel
+PairedDiffusionPrepareBatch = bundle_module("pig", "pig").PairedDiffusionPrepareBatch
 
 
 class Recorder(nn.Module):
@@ -113,7 +116,7 @@ def _batch(n: int = 64) -> dict:
 
 
 def test_task_conditioned_batch_noises_the_chosen_half_and_drops_masks():
-    from common.training import TaskConditionedPrepareBatch
+    TaskConditionedPrepareBatch = bundle_module("diffuse_expand", "diffuse_expand").TaskConditionedPrepareBatch
 
     torch.manual_seed(0)
     scheduler = build_scheduler("ddim", prediction_type="epsilon")
@@ -133,8 +136,8 @@ def test_task_conditioned_batch_noises_the_chosen_half_and_drops_masks():
 
 
 def test_noisy_segmenter_batch_and_loss_follow_eq_4():
-    from common.noisy_segmenter import NoisySegmenterLoss
-    from common.training import NoisySegmenterPrepareBatch
+    NoisySegmenterLoss = bundle_module("diffuse_expand", "diffuse_expand").NoisySegmenterLoss
+    NoisySegmenterPrepareBatch = bundle_module("diffuse_expand", "diffuse_expand").NoisySegmenterPrepareBatch
 
     torch.manual_seed(0)
     noisy, target, _, kwargs = NoisySegmenterPrepareBatch(build_scheduler("ddim"))(_batch(16))
@@ -152,8 +155,10 @@ def test_noisy_segmenter_batch_and_loss_follow_eq_4():
 
 
 def test_semantic_batch_gives_the_hybrid_loss_everything_it_needs():
-    from common.losses import HybridLoss
-    from common.training import SemanticDiffusionPrepareBatch
+    HybridLoss = bundle_module("ct_semantic_synthesis", "semantic_synthesis").HybridLoss
+    SemanticDiffusionPrepareBatch = bundle_module(
+        "ct_semantic_synthesis", "semantic_synthesis"
+    ).SemanticDiffusionPrepareBatch
 
     scheduler = build_scheduler("ddpm", num_train_timesteps=100)
     torch.manual_seed(0)

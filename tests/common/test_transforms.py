@@ -22,6 +22,7 @@ from common.transforms import (
     uint8_to_unit,
     window_to_unit,
 )
+from tests.shared_data import bundle_module
 
 
 def random_labels(num_classes: int, shape=(3, 1, 16, 12), seed: int = 0) -> torch.Tensor:
@@ -206,7 +207,7 @@ def ct_like_slice(size: int = 32) -> np.ndarray:
 
 
 def test_body_mask_keeps_the_largest_component_with_its_holes_filled():
-    from common.transforms import body_mask
+    body_mask = bundle_module("ct_semantic_synthesis", "slices").body_mask
 
     image, body = ct_like_slice()
     mask = body_mask(image)
@@ -219,7 +220,7 @@ def test_body_mask_keeps_the_largest_component_with_its_holes_filled():
 
 
 def test_add_body_class_labels_body_outside_organs_as_a_new_class():
-    from common.transforms import add_body_class
+    add_body_class = bundle_module("ct_semantic_synthesis", "slices").add_body_class
 
     image, body = ct_like_slice()
     label = np.zeros((1, 32, 32), np.int64)

@@ -1,6 +1,8 @@
-"""The DiffBoost configs agree on the generator, so weights move from pretraining to fine-tuning to generation."""
+"""The DiffBoost configs: stage overlays, Table I and II layouts, a training step, the optional CLIP encoder."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -9,41 +11,10 @@ from monai.bundle import ConfigParser
 from tests.shared_data import REPO, config_parser, tiny_clip_folder
 
 CONFIGS = REPO / "bundles" / "diffboost" / "configs"
-GENERATOR_KEYS = (
-    "image_size",
-    "prompt_vocabulary",
-    "max_prompt_length",
-    "num_train_timesteps",
-    "beta_start",
-    "beta_end",
-    "prediction_type",
-    "channels",
-    "attention_levels",
-    "num_res_blocks",
-    "num_head_channels",
-    "use_flash_attention",
-    "norm_num_groups",
-    "text_dim",
-    "edge_embedding_channels",
-    "clip_path",
-    "tokenizer",
-    "text_encoder",
-    "hed_weights",
-    "edge_detector",
-    "network_def",
-)
 
 
 def parser(*names) -> ConfigParser:
     return config_parser(*(CONFIGS / n for n in names))
-
-
-def test_training_and_generation_build_the_same_generator():
-    train, generate = parser("train.json"), parser("inference.json")
-    for key in GENERATOR_KEYS:
-        assert train.config[key] == generate.config[key], key
-    a, b = train.get_parsed_content("network_def"), generate.get_parsed_content("network_def")
-    assert a.state_dict().keys() == b.state_dict().keys()
 
 
 def test_stage_overlays_set_edges_sources_and_weights():
@@ -83,7 +54,8 @@ def test_evaluation_has_every_table_ii_row():
         "DeepStack",
         "DiffBoost",
     ]
-    assert conditions["DiffBoost"]["patch_mix"]["alpha"] == pytest.approx(0.6)
+    assert conditions["DiffBoost"].settings()["patch_mix"]["alpha"] == pytest.approx(0.6)
+    assert conditions["RandomGamma"].settings()["augment"] == "RandomGamma"
 
 
 def test_diffboost_with_adds_combined_rows_that_keep_the_paper_mixing():
@@ -91,9 +63,9 @@ def test_diffboost_with_adds_combined_rows_that_keep_the_paper_mixing():
     p["diffboost_with"] = ["RandomRotate", "DeepStack"]
     conditions = p.get_parsed_content("conditions")
     assert list(conditions)[-3:] == ["DiffBoost", "DiffBoost+RandomRotate", "DiffBoost+DeepStack"]
-    combined = conditions["DiffBoost+RandomRotate"]
+    combined = conditions["DiffBoost+RandomRotate"].settings()
     assert combined["augment"] == "RandomRotate"
-    assert combined["patch_mix"] == conditions["DiffBoost"]["patch_mix"]
+    assert combined["patch_mix"] == conditions["DiffBoost"].settings()["patch_mix"]
 
 
 def test_one_generator_training_step_moves_the_weights():
@@ -110,19 +82,21 @@ def test_one_generator_training_step_moves_the_weights():
 
 
 def test_clip_path_swaps_in_a_frozen_pretrained_text_encoder(tmp_path):
-    from common.text_conditioning import ClipTextEncoder, ClipTokenizer
-
     folder = str(tiny_clip_folder(tmp_path / "clip"))
     p = parser("train.json")
     p["clip_path"], p["num_synthetic"], p["batch_size"] = folder, 4, 2
     network = p.get_parsed_content("network")
-    assert isinstance(network.text_encoder, ClipTextEncoder)
-    assert isinstance(p.get_parsed_content("tokenizer"), ClipTokenizer)
+    # the configs' classes come from the bundle's own scripts package: compare by name
+    assert type(network.text_encoder).__name__ == "ClipTextEncoder"
+    assert type(p.get_parsed_content("tokenizer")).__name__ == "ClipTokenizer"
     trainer = p.get_parsed_content("train#trainer")
     x_t, target, args, kwargs = trainer.prepare_batch(next(iter(p.get_parsed_content("train#dataloader"))))
     assert kwargs["tokens"].shape == (2, p["max_prompt_length"])
     loss = trainer.loss_function(network(x_t, *args, **kwargs), target)
     assert torch.isfinite(loss)
+    (tmp_path / "finetune").mkdir()
+    (tmp_path / "finetune" / "training_config.json").write_text(json.dumps(p.get()))  # what training saves
     infer = parser("inference.json")
-    infer["clip_path"] = folder
+    infer["ckpt_path"] = str(tmp_path / "finetune" / "model.pt")
+    assert type(infer.get_parsed_content("tokenizer")).__name__ == "ClipTokenizer"
     assert infer.get_parsed_content("network_def").state_dict().keys() == network.state_dict().keys()
