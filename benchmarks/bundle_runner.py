@@ -12,7 +12,21 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-__all__ = ["cached_measurement", "run_bundle"]
+__all__ = ["bundle_parser", "cached_measurement", "run_bundle"]
+
+
+def bundle_parser(bundle: str, *configs: str):
+    """A MONAI ``ConfigParser`` over ``bundles/<bundle>/configs/<configs...>`` (later files override), parsed in this
+    process with the bundle active (:func:`common.bundle.activate`: its ``scripts`` and ``bundle_root``)."""
+    from monai.bundle import ConfigParser
+
+    from common.bundle import activate
+
+    folder = REPO / "bundles" / bundle
+    activate(folder)
+    parser = ConfigParser()
+    parser.read_config([str(folder / "configs" / c) for c in configs])
+    return parser
 
 
 def run_bundle(configs: Sequence[str | Path], *overrides: str) -> None:

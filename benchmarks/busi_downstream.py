@@ -6,7 +6,7 @@ For each few-shot regime n (a seeded subset of the BUSI train split; seed 0, the
 segmenter, never val or test):
   1. train PIG on those n pairs only (bundles/pig/configs/train.json) and generate 4n pairs;
   2. generate 2n baseline pairs: PIG's image model fed the n REAL masks (configs/mask_conditioned.json);
-  3. train a MONAI UNet (common.seg_eval) on real / real+augment / real+PIG 1x, 2x, 4x / real+mask-conditioned 2x /
+  3. train a MONAI UNet (common.evaluation) on real / real+augment / real+PIG 1x, 2x, 4x / real+mask-conditioned 2x /
      real+augment+PIG 2x, over --seeds, and test on the BUSI test split.
 Optionally (--fid) FID against the BUSI test images of PIG images vs an unconditional image-only model of the same
 U-Net (configs/unconditional.json) sampled with the same number of DDIM steps, for the largest regime.
@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bundle_runner import run_bundle  # noqa: E402
+from benchmarks.bundle_runner import bundle_parser, run_bundle  # noqa: E402
 from common.evaluation.protocol import run_segmentation_evaluation  # noqa: E402
 
 CONFIGS = REPO / "bundles" / "pig" / "configs"
@@ -104,7 +104,6 @@ def conditions(regime: int, folders: dict[str, Path]) -> dict[str, dict]:
 def fid_comparison(work: Path, args: argparse.Namespace, regime: int) -> dict[str, float]:
     """FID (Inception, offline) to the BUSI test images: PIG vs an unconditional model at equal DDIM steps."""
     import torch
-    from monai.bundle import ConfigParser
 
     from common.checkpoints import load_weights
     from common.data import load_dataset
@@ -135,8 +134,7 @@ def fid_comparison(work: Path, args: argparse.Namespace, regime: int) -> dict[st
             "--seed",
             "0",
         )
-    parser = ConfigParser()
-    parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "unconditional.json")])
+    parser = bundle_parser("pig", "train.json", "unconditional.json")
     net = load_weights(parser.get_parsed_content("network_def"), str(models / "model.pt")).eval()
     sampler = ImageSampler(parser.get_parsed_content("noise_scheduler"), args.sampling_steps)
     count = args.fid_images

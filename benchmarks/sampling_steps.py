@@ -32,10 +32,9 @@ METHODS = ("ddim", "dpmsolver++")
 
 def sample(args: argparse.Namespace, method: str, steps: int, out: Path) -> dict:
     """Generate with the bundle's own inference config, in this process, and return generate_pairs' summary."""
-    from monai.bundle import ConfigParser
+    from benchmarks.bundle_runner import bundle_parser
 
-    parser = ConfigParser()
-    parser.read_config(str(REPO / "bundles" / "pig" / "configs" / "inference.json"))
+    parser = bundle_parser("pig", "inference.json")
     parser.update(
         {
             "ckpt_dir": str(Path(args.ckpt_dir).resolve()),

@@ -49,10 +49,9 @@ MODES = ("train_bundle", "train_bare", "sample_bundle", "sample_bare")
 
 
 def _parser(bundle: str, config: str, size: int, workdir: str, **overrides):
-    from monai.bundle import ConfigParser
+    from benchmarks.bundle_runner import bundle_parser
 
-    parser = ConfigParser()
-    parser.read_config(str(REPO / "bundles" / bundle / "configs" / config))
+    parser = bundle_parser(bundle, config)
     parser.update({"image_size": size, "output_dir": os.path.join(workdir, "out"), **overrides})
     return parser
 

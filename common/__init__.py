@@ -20,6 +20,7 @@ __all__ = [
     "checkpoints",
     "comparison",
     "data",
+    "datalists",
     "diffusion",
     "distributed",
     "errors",

@@ -36,6 +36,7 @@ __all__ = [
     "save_training_config",
     "TrainingConfig",
     "TRAINING_CONFIG_NAME",
+    "lazy_submodules",
 ]
 
 TRAINING_CONFIG_NAME = "training_config.json"
@@ -119,6 +120,21 @@ def import_scripts(root: str | os.PathLike) -> Any:
     sys.path.insert(0, entry)
     importlib.invalidate_caches()
     return importlib.import_module("scripts")
+
+
+def lazy_submodules(package: str):
+    """A module ``__getattr__`` (PEP 562) that imports ``<package>.<name>`` on first access, so a config can say
+    ``scripts.<module>.<name>`` (or ``common.<module>.<name>``) after importing the package alone."""
+
+    def __getattr__(name: str) -> Any:
+        try:
+            return importlib.import_module(f"{package}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{package}.{name}":
+                raise
+            raise AttributeError(f"module {package!r} has no attribute {name!r}") from exc
+
+    return __getattr__
 
 
 def __getattr__(name: str) -> Any:

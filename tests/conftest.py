@@ -31,3 +31,14 @@ def data(tmp_path_factory) -> dict[str, Path]:
     write_pairs(root / "syn_a", 5, seed=1)
     write_pairs(root / "syn_b", 3, seed=2, empty=(0,))
     return {"root": root, "real": root / "real", "syn_a": root / "syn_a", "syn_b": root / "syn_b"}
+
+
+@pytest.fixture(scope="session")
+def exported_bundles(tmp_path_factory) -> dict[str, Path]:
+    """Every bundle exported (``common.bundle_export``) to a folder outside the repository, as people download it."""
+    from common.bundle_export import export_bundle
+    from tests.shared_data import REPO
+
+    dist = tmp_path_factory.mktemp("dist")
+    names = ("pig", "diffuse_expand", "diffboost", "ct_semantic_synthesis")
+    return {name: export_bundle(REPO / "bundles" / name, dist) for name in names}

@@ -57,7 +57,10 @@ def untrained_checkpoint(ckpt_dir: Path, *config_files) -> Path:
     """What training leaves in ``ckpt_dir``, without training: the configured ``network_def``'s weights as model.pt."""
     import torch
 
-    network = config_parser(*config_files).get_parsed_content("network_def")
+    parser = config_parser(*config_files)
+    if "ckpt_path" in parser:  # inference builds the network saved beside the weights (common.bundle.TrainingConfig)
+        parser["ckpt_path"] = str(ckpt_dir / "model.pt")
+    network = parser.get_parsed_content("network_def")
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     torch.save(network.state_dict(), ckpt_dir / "model.pt")
     return ckpt_dir / "model.pt"

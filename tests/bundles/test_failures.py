@@ -1,6 +1,7 @@
-"""The failure-behaviour table of the README, one test per row: each bad input or fault gives one ``error:`` sentence
-naming the file or key, exit status 2, and no partial output. Run through the PIG bundle as a user runs it; the data,
-checkpoint and writer layers are shared by every bundle."""
+"""The failure-behaviour table of docs/operations.md, one test per row: each bad input or fault gives one ``error:``
+sentence naming the file or key, exit status 2, and no partial output. Run through the PIG bundle as a user runs it,
+both in this repository and exported outside it (``common.bundle_export``); the data, checkpoint and writer layers
+are shared by every bundle."""
 
 from __future__ import annotations
 
@@ -20,6 +21,14 @@ from tests.shared_data import REPO, untrained_checkpoint, user_error
 
 CONFIGS = REPO / "bundles" / "pig" / "configs"
 TINY = REPO / "tests" / "configs" / "pig_tiny.json"
+
+
+@pytest.fixture(autouse=True, params=["repository", "exported"])
+def pig_bundle(request, monkeypatch):
+    """Every row twice: the bundle in this repository, and the bundle exported to a folder outside it."""
+    if request.param == "exported":
+        monkeypatch.setattr(f"{__name__}.CONFIGS", request.getfixturevalue("exported_bundles")["pig"] / "configs")
+    return request.param
 
 
 def run(config: str, *overrides: str, file_size_limit: int | None = None) -> subprocess.CompletedProcess:

@@ -17,7 +17,8 @@ from common.diffusion import (
 from common.schedulers import build_scheduler
 from tests.shared_data import bundle_module
 
-bernoulli_log_likelihood = bundle_module("diffuse_expand", "diffuse_expand").bernoulli_log_likelihood
+DIFFUSE_EXPAND = bundle_module("diffuse_expand", "diffuse_expand")
+bernoulli_log_likelihood = DIFFUSE_EXPAND.bernoulli_log_likelihood
 
 
 class ToySegmenter(nn.Module):

@@ -10,9 +10,12 @@ from common.diffusion import predict_x0
 from common.schedulers import UniformDDIMScheduler, build_scheduler
 from tests.shared_data import bundle_module
 
-PairedDiffusionModel = bundle_module("pig", "pig").PairedDiffusionModel
-binarize_mask_estimate = bundle_module("pig", "pig").binarize_mask_estimate
-PairedSampler = bundle_module("pig", "pig").PairedSampler
+PIG = bundle_module("pig", "pig")
+PairedDiffusionModel, binarize_mask_estimate, PairedSampler = (
+    PIG.PairedDiffusionModel,
+    PIG.binarize_mask_estimate,
+    PIG.PairedSampler,
+)
 
 
 def linear_alpha_bar(num_train_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:

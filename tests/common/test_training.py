@@ -9,8 +9,8 @@ from common.schedulers import build_scheduler
 from common.training import iteration_loader, sample_timesteps, training_items
 from tests.shared_data import bundle_module
 
-PairedDiffusionModel = bundle_module("pig", "pig").PairedDiffusionModel
-PairedDiffusionPrepareBatch = bundle_module("pig", "pig").PairedDiffusionPrepareBatch
+PIG = bundle_module("pig", "pig")
+PairedDiffusionModel, PairedDiffusionPrepareBatch = (PIG.PairedDiffusionModel, PIG.PairedDiffusionPrepareBatch)
 
 
 class Recorder(nn.Module):

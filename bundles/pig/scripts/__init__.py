@@ -1,15 +1,6 @@
 """PIG's method code: ``pig.py`` holds the paper's algorithm (the two denoisers, the training step of Alg. 1, the
 sampler of Alg. 2); ``baselines.py`` the paper's comparison models (Tables 1-2)."""
 
-import importlib as _importlib
+from common.bundle import lazy_submodules
 
-
-def __getattr__(name: str):
-    """Submodules load on first attribute access, so configs can say ``scripts.<module>.<name>`` after importing the
-    package (``"$from common.bundle import scripts"``)."""
-    try:
-        return _importlib.import_module(f"{__name__}.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__name__}.{name}":
-            raise
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from exc
+__getattr__ = lazy_submodules(__name__)  # configs say scripts.<module>.<name> after "from common.bundle import scripts"

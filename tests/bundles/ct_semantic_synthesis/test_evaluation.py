@@ -12,9 +12,12 @@ from common.errors import InputError
 from common.writers import PairWriter
 from tests.shared_data import bundle_module
 
-evaluate_semantic_synthesis = bundle_module("ct_semantic_synthesis", "evaluation").evaluate_semantic_synthesis
-markdown_table = bundle_module("ct_semantic_synthesis", "evaluation").markdown_table
-volume_affine = bundle_module("ct_semantic_synthesis", "evaluation").volume_affine
+EVALUATION = bundle_module("ct_semantic_synthesis", "evaluation")
+evaluate_semantic_synthesis, markdown_table, volume_affine = (
+    EVALUATION.evaluate_semantic_synthesis,
+    EVALUATION.markdown_table,
+    EVALUATION.volume_affine,
+)
 
 
 ORGANS = 3  # background + 2 organs; the body class is 3

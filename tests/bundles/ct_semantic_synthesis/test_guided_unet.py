@@ -7,9 +7,12 @@ import torch
 
 from tests.shared_data import bundle_module
 
-CONDITIONINGS = bundle_module("ct_semantic_synthesis", "semantic_synthesis").CONDITIONINGS
-GuidedDiffusionUNet = bundle_module("ct_semantic_synthesis", "semantic_synthesis").GuidedDiffusionUNet
-conditioning_channels = bundle_module("ct_semantic_synthesis", "semantic_synthesis").conditioning_channels
+SEMANTIC_SYNTHESIS = bundle_module("ct_semantic_synthesis", "semantic_synthesis")
+CONDITIONINGS, GuidedDiffusionUNet, conditioning_channels = (
+    SEMANTIC_SYNTHESIS.CONDITIONINGS,
+    SEMANTIC_SYNTHESIS.GuidedDiffusionUNet,
+    SEMANTIC_SYNTHESIS.conditioning_channels,
+)
 
 
 def tiny(conditioning: str, label_channels: int = 3, out_channels: int = 2) -> GuidedDiffusionUNet:

@@ -18,8 +18,8 @@ from common.sampling import ImageSampler
 from common.schedulers import build_scheduler, prediction_type
 from tests.shared_data import bundle_module
 
-HybridLoss = bundle_module("ct_semantic_synthesis", "semantic_synthesis").HybridLoss
-LearnedVarianceScheduler = bundle_module("ct_semantic_synthesis", "semantic_synthesis").LearnedVarianceScheduler
+SEMANTIC_SYNTHESIS = bundle_module("ct_semantic_synthesis", "semantic_synthesis")
+HybridLoss, LearnedVarianceScheduler = (SEMANTIC_SYNTHESIS.HybridLoss, SEMANTIC_SYNTHESIS.LearnedVarianceScheduler)
 
 
 BIN_CENTRES = torch.linspace(-1.0, 1.0, 256, dtype=torch.float64)

@@ -8,9 +8,12 @@ import torch
 from common.transforms import encode_mask, semantic_edges
 from tests.shared_data import bundle_module
 
-SEMANTIC_CONDITIONINGS = bundle_module("ct_semantic_synthesis", "semantic_synthesis").SEMANTIC_CONDITIONINGS
-SemanticDiffusionModel = bundle_module("ct_semantic_synthesis", "semantic_synthesis").SemanticDiffusionModel
-build_semantic_model = bundle_module("ct_semantic_synthesis", "semantic_synthesis").build_semantic_model
+SEMANTIC_SYNTHESIS = bundle_module("ct_semantic_synthesis", "semantic_synthesis")
+SEMANTIC_CONDITIONINGS, SemanticDiffusionModel, build_semantic_model = (
+    SEMANTIC_SYNTHESIS.SEMANTIC_CONDITIONINGS,
+    SEMANTIC_SYNTHESIS.SemanticDiffusionModel,
+    SEMANTIC_SYNTHESIS.build_semantic_model,
+)
 
 
 TINY = {"channels": (8, 16), "norm_num_groups": 8, "num_head_channels": 8}

@@ -10,8 +10,8 @@ from monai.transforms import Compose
 from common.errors import InputError
 from tests.shared_data import bundle_module
 
-AUGMENTATIONS = bundle_module("diffboost", "augmentations").AUGMENTATIONS
-conventional_augmentation = bundle_module("diffboost", "augmentations").conventional_augmentation
+AUGMENTATIONS = bundle_module("diffboost", "augmentations")
+AUGMENTATIONS, conventional_augmentation = (AUGMENTATIONS.AUGMENTATIONS, AUGMENTATIONS.conventional_augmentation)
 
 
 SPATIAL = {"RandomMirror", "RandomRotate", "RandomScale"}

@@ -12,12 +12,16 @@ from common.errors import InputError
 from common.schedulers import build_scheduler
 from tests.shared_data import bundle_module
 
-TextEdgeSampler = bundle_module("diffboost", "diffboost").TextEdgeSampler
-generate_versions = bundle_module("diffboost", "diffboost").generate_versions
-load_versions = bundle_module("diffboost", "diffboost").load_versions
-canny_edges = bundle_module("diffboost", "edges").canny_edges
-mask_edges = bundle_module("diffboost", "edges").mask_edges
-PromptTokenizer = bundle_module("diffboost", "text_conditioning").PromptTokenizer
+DIFFBOOST = bundle_module("diffboost", "diffboost")
+TextEdgeSampler, generate_versions, load_versions = (
+    DIFFBOOST.TextEdgeSampler,
+    DIFFBOOST.generate_versions,
+    DIFFBOOST.load_versions,
+)
+EDGES = bundle_module("diffboost", "edges")
+canny_edges, mask_edges = (EDGES.canny_edges, EDGES.mask_edges)
+TEXT_CONDITIONING = bundle_module("diffboost", "text_conditioning")
+PromptTokenizer = TEXT_CONDITIONING.PromptTokenizer
 
 
 def pairs(count: int = 3, size: int = 16) -> list[dict]:

@@ -9,9 +9,8 @@ import torch
 from common.errors import InputError
 from tests.shared_data import bundle_module
 
-HEDEdges = bundle_module("diffboost", "edges").HEDEdges
-canny_edges = bundle_module("diffboost", "edges").canny_edges
-mask_edges = bundle_module("diffboost", "edges").mask_edges
+EDGES = bundle_module("diffboost", "edges")
+HEDEdges, canny_edges, mask_edges = (EDGES.HEDEdges, EDGES.canny_edges, EDGES.mask_edges)
 
 
 def square(size: int = 32, lo: int = 8, hi: int = 24) -> torch.Tensor:

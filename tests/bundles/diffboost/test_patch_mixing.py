@@ -8,10 +8,13 @@ import torch
 from common.errors import InputError
 from tests.shared_data import bundle_module
 
-PatchMixInferer = bundle_module("diffboost", "diffboost").PatchMixInferer
-PatchMixPrepareBatch = bundle_module("diffboost", "diffboost").PatchMixPrepareBatch
-mix = bundle_module("diffboost", "diffboost").mix
-random_patch_mask = bundle_module("diffboost", "diffboost").random_patch_mask
+DIFFBOOST = bundle_module("diffboost", "diffboost")
+PatchMixInferer, PatchMixPrepareBatch, mix, random_patch_mask = (
+    DIFFBOOST.PatchMixInferer,
+    DIFFBOOST.PatchMixPrepareBatch,
+    DIFFBOOST.mix,
+    DIFFBOOST.random_patch_mask,
+)
 
 
 @pytest.mark.parametrize("alpha", [0.2, 0.6, 0.9])

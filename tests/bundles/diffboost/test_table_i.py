@@ -11,7 +11,8 @@ from common.errors import InputError
 from common.writers import PairWriter
 from tests.shared_data import bundle_module
 
-evaluate_reconstructions = bundle_module("diffboost", "table_i").evaluate_reconstructions
+TABLE_I = bundle_module("diffboost", "table_i")
+evaluate_reconstructions = TABLE_I.evaluate_reconstructions
 
 
 def real_pairs(count: int = 5, size: int = 32) -> list[dict]:

@@ -8,13 +8,17 @@ import torch
 from common.errors import InputError
 from tests.shared_data import bundle_module, tiny_clip_folder
 
-AUGMENTATION_PHRASES = bundle_module("diffboost", "text_conditioning").AUGMENTATION_PHRASES
-ClipTextEncoder = bundle_module("diffboost", "text_conditioning").ClipTextEncoder
-ClipTokenizer = bundle_module("diffboost", "text_conditioning").ClipTokenizer
-LearnedTextEncoder = bundle_module("diffboost", "text_conditioning").LearnedTextEncoder
-PromptTokenizer = bundle_module("diffboost", "text_conditioning").PromptTokenizer
-build_prompt = bundle_module("diffboost", "text_conditioning").build_prompt
-build_text_edge_model = bundle_module("diffboost", "diffboost").build_text_edge_model
+TEXT_CONDITIONING = bundle_module("diffboost", "text_conditioning")
+AUGMENTATION_PHRASES, ClipTextEncoder, ClipTokenizer, LearnedTextEncoder, PromptTokenizer, build_prompt = (
+    TEXT_CONDITIONING.AUGMENTATION_PHRASES,
+    TEXT_CONDITIONING.ClipTextEncoder,
+    TEXT_CONDITIONING.ClipTokenizer,
+    TEXT_CONDITIONING.LearnedTextEncoder,
+    TEXT_CONDITIONING.PromptTokenizer,
+    TEXT_CONDITIONING.build_prompt,
+)
+DIFFBOOST = bundle_module("diffboost", "diffboost")
+build_text_edge_model = DIFFBOOST.build_text_edge_model
 
 
 PROMPTS = [build_prompt("US", "breast", c) for c in ("benign", "malignant", "normal")]

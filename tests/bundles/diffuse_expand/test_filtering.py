@@ -13,9 +13,12 @@ from common.errors import InputError
 from common.writers import PairWriter
 from tests.shared_data import bundle_module
 
-filter_decisions = bundle_module("diffuse_expand", "diffuse_expand").filter_decisions
-filter_pairs = bundle_module("diffuse_expand", "diffuse_expand").filter_pairs
-hard_dice_loss = bundle_module("diffuse_expand", "diffuse_expand").hard_dice_loss
+DIFFUSE_EXPAND = bundle_module("diffuse_expand", "diffuse_expand")
+filter_decisions, filter_pairs, hard_dice_loss = (
+    DIFFUSE_EXPAND.filter_decisions,
+    DIFFUSE_EXPAND.filter_pairs,
+    DIFFUSE_EXPAND.hard_dice_loss,
+)
 
 
 class ThresholdSegmenter(nn.Module):
