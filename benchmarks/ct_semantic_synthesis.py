@@ -14,7 +14,7 @@ On ../shared/data/ct_abdomen (TotalSegmentator's public test CT; labels are that
 
 Every stage is skipped when its output exists, so a killed run resumes. Results: <workdir>/summary.md (one table per
 budget and test set), <workdir>/eval_*/figure.png, and benchmarks/results/ct_semantic_synthesis.json.
-``--extra_config`` adds an overlay to every stage (the tests smoke-test the script with a tiny one).
+``--extra_config`` adds an overlay to every stage (e.g. ``tests/configs/ct_semantic_tiny.json`` for a smoke run).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from __future__ import annotations
 import abc
 import copy
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 
+@runtime_checkable
 class PairSampler(Protocol):
     """What :func:`common.generation.generate_pairs` calls: noise of the pairs ``indices`` in, ``(mask, image)`` out."""
 

@@ -114,6 +114,20 @@ def test_sampler_update_equals_eq_6_and_7():
     torch.testing.assert_close(y_out, y, rtol=1e-4, atol=1e-4)
 
 
+def test_the_samplers_estimate_transform_overrides_the_models():
+    """Sampling a model trained with "clamp" as Alg. 2 is written ("none") equals sampling a "none" model."""
+    guider, image_model = AffineNet(0.3, -0.2, 2.5), AffineNet(0.4, 0.1, -0.3)  # estimates far outside [-1, 1]
+    scheduler = build_scheduler("ddim", num_train_timesteps=40)
+    noise = torch.randn(2, 1, 6, 6, generator=torch.Generator().manual_seed(0)), torch.randn(2, 1, 6, 6)
+    clamped = PairedDiffusionModel(guider, image_model, estimate_transform="clamp")
+    raw = PairedDiffusionModel(guider, image_model, estimate_transform="none")
+    as_written = PairedSampler(scheduler, 5, estimate_transform="none")(clamped, *noise)
+    torch.testing.assert_close(as_written, PairedSampler(scheduler, 5)(raw, *noise))
+    assert not torch.allclose(as_written[1], PairedSampler(scheduler, 5)(clamped, *noise)[1])
+    with pytest.raises(ValueError, match="estimate_transform must be one of"):
+        PairedSampler(scheduler, 5, estimate_transform="round")
+
+
 @pytest.mark.parametrize("estimate_transform", ["none", "clamp", "binarize"])
 def test_oracle_denoisers_return_the_single_training_pair(estimate_transform):
     T = 100
@@ -336,3 +350,26 @@ def test_label_conditioned_sampler_cycles_label_maps_and_uses_the_learned_varian
     torch.testing.assert_close(images, torch.full_like(images, -1.0), atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="at least one label map"):
         LabelConditionedSampler([], scheduler)
+
+
+def test_every_bundles_sampler_implements_the_sampler_protocol():
+    """What generate_pairs and the preview handler call: ``sampler(model, mask_noise, image_noise, indices=...)``."""
+    import inspect
+
+    from common.pix2pix import Pix2PixSampler
+    from common.sampling import PairSampler
+
+    scheduler = build_scheduler("ddim", num_train_timesteps=10)
+    labels = [torch.zeros(1, 4, 4, dtype=torch.long)]
+    samplers = [
+        PairedSampler(scheduler, 2),
+        bundle_module("pig", "baselines").MaskConditionedSampler(labels, scheduler, 2),
+        bundle_module("pig", "baselines").UnconditionalSampler(scheduler, 2),
+        bundle_module("diffuse_expand", "diffuse_expand").TwoPhaseSampler(scheduler, 2),
+        bundle_module("ct_semantic_synthesis", "semantic_synthesis").LabelConditionedSampler(labels, scheduler, 2),
+        Pix2PixSampler(labels, num_classes=2),
+    ]
+    for sampler in samplers:
+        assert isinstance(sampler, PairSampler), type(sampler).__name__
+        parameters = list(inspect.signature(sampler.__call__).parameters)
+        assert parameters == ["model", "mask_noise", "image_noise", "indices"], type(sampler).__name__

@@ -124,11 +124,15 @@ class PairedDiffusionModel(nn.Module):
         """model_y(x_cond, y_t, t): the image's noise given a (clean or estimated) mask (Alg. 2 line 6)."""
         return self.image_model(torch.cat([x_cond, y_t], dim=1), timesteps)
 
-    def condition_from_estimate(self, x0_hat: torch.Tensor) -> torch.Tensor:
-        """Map a guider x0 estimate to the image model's condition (see ``estimate_transform``)."""
-        if self.estimate_transform == "binarize":
+    def condition_from_estimate(self, x0_hat: torch.Tensor, transform: str | None = None) -> torch.Tensor:
+        """Map a guider x0 estimate to the image model's condition by ``transform`` (default: the model's
+        ``estimate_transform``)."""
+        transform = self.estimate_transform if transform is None else transform
+        if transform not in ESTIMATE_TRANSFORMS:
+            raise ValueError(f"estimate_transform must be one of {ESTIMATE_TRANSFORMS}, got '{transform}'.")
+        if transform == "binarize":
             return binarize_mask_estimate(x0_hat)
-        if self.estimate_transform == "clamp":
+        if transform == "clamp":
             return x0_hat.clamp(-1.0, 1.0)
         return x0_hat
 
@@ -249,14 +253,25 @@ class PairedSampler:
         scheduler: a configured scheduler; ``set_timesteps(num_inference_steps)`` is called on a copy per stream.
         num_inference_steps: sampling steps (the paper: 256 DDIM steps of T=1024).
         progress_every: log a line every this many steps (0 = silent).
+        estimate_transform: how x0_hat is mapped before it conditions the image model (``"none"``: Alg. 2 as
+            written); None: the model's own setting (:class:`PairedDiffusionModel`).
     """
 
-    def __init__(self, scheduler: Any, num_inference_steps: int = 50, progress_every: int = 0) -> None:
+    def __init__(
+        self,
+        scheduler: Any,
+        num_inference_steps: int = 50,
+        progress_every: int = 0,
+        estimate_transform: str | None = None,
+    ) -> None:
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}.")
+        if estimate_transform is not None and estimate_transform not in ESTIMATE_TRANSFORMS:
+            raise ValueError(f"estimate_transform must be one of {ESTIMATE_TRANSFORMS}, got '{estimate_transform}'.")
         self.scheduler = scheduler
         self.num_inference_steps = num_inference_steps
         self.progress_every = progress_every
+        self.estimate_transform = estimate_transform
 
     @torch.no_grad()
     def __call__(
@@ -278,7 +293,7 @@ class PairedSampler:
             eps_x = model.guider_noise(x_t, y_t, t_batch)
             x0_hat = predict_x0(x_t, eps_x, alphas_cumprod[int(t)], parameterisation)
             x_t = scheduler_step(mask_scheduler, eps_x, t, x_t)
-            eps_y = model.image_noise(model.condition_from_estimate(x0_hat), y_t, t_batch)
+            eps_y = model.image_noise(model.condition_from_estimate(x0_hat, self.estimate_transform), y_t, t_batch)
             y_t = scheduler_step(image_scheduler, eps_y, t, y_t)
             if self.progress_every and (i + 1) % self.progress_every == 0:
                 logger.info("sampling step %d/%d (t=%d)", i + 1, len(timesteps), int(t))
