@@ -33,6 +33,7 @@ __all__ = [
     "micro_batching",
     "overrides",
     "pix2pix",
+    "progress",
     "provenance",
     "sampling",
     "schedulers",

@@ -30,6 +30,7 @@ __all__ = [
     "build_datalist",
     "file_format",
     "file_stem",
+    "label_names",
 ]
 
 logger = logging.getLogger(__name__)
@@ -271,3 +272,24 @@ def build_datalist(
     raise DataError(
         f"dataset_dir '{root}' has no images/ folder (with masks/ or labels/) and no dataset.json or datalist.json."
     )
+
+
+def label_names(num_classes: int, names: Mapping[str, str] | str | os.PathLike | None = None) -> dict[str, str]:
+    """Every class index ``"0" .. "K-1"`` with a name, for a datalist's ``labels`` (MONAI's decathlon convention).
+
+    ``names``: a mapping (index -> name) or the path of a JSON class map such as a dataset's ``classmap.json``;
+    classes it does not name are ``class_<k>``, class 0 ``background``; binary masks default to background /
+    foreground. Raises :class:`DataError` for an unreadable file or an index outside 0..K-1.
+    """
+    if isinstance(names, (str, os.PathLike)):
+        names = _read_json(Path(names), "class map")
+    names = dict(names or {})
+    if not all(isinstance(v, str) for v in names.values()):
+        raise DataError(f"label names must map class indices to strings, got {names!r}.")
+    unknown = [k for k in names if not str(k).isdigit() or int(k) >= num_classes]
+    if unknown:
+        raise DataError(
+            f"label names name class {unknown[0]!r}, outside 0..{num_classes - 1} (num_classes={num_classes})."
+        )
+    default = {"0": "background", "1": "foreground"} if num_classes == 2 else {"0": "background"}
+    return {str(k): names.get(str(k), names.get(k, default.get(str(k), f"class_{k}"))) for k in range(num_classes)}

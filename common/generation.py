@@ -16,7 +16,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from common.datalists import label_names
 from common.errors import InputError
+from common.progress import progress_iterable
 from common.transforms import decode_mask, mask_channels
 from common.writers import PairWriter, save_preview_grid, write_datalist
 
@@ -54,13 +56,16 @@ def generate_pairs(
     file_format: str = "png",
     affine: Any = None,
     device: str | torch.device | None = None,
-    class_names: dict[str, str] | None = None,
+    class_names: dict[str, str] | str | None = None,
     preview_pairs: int = 16,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Sample ``num_pairs`` (mask, image) pairs, write them with :class:`PairWriter`, then a datalist and a preview.
 
     ``sampler(model, mask_noise, image_noise, indices=...)`` returns the continuous (mask, image) of those pair
-    indices (see :mod:`common.sampling`).
+    indices (see :mod:`common.sampling`). ``progress``: a bar with an ETA over the batches, at a terminal only
+    (:mod:`common.progress`). ``class_names``: the classes' names for the datalist (a mapping or a JSON class map,
+    :func:`common.datalists.label_names`).
 
     Returns a summary: pairs requested, generated in this run, already present, paths and seconds per pair.
     """
@@ -82,7 +87,7 @@ def generate_pairs(
     model = model.to(device).eval()
     start = time.perf_counter()
     num_batches = math.ceil(len(missing) / batch_size)
-    for b in range(num_batches):
+    for b in progress_iterable(range(num_batches), num_batches, "generating", progress):
         indices = missing[b * batch_size : (b + 1) * batch_size]
         mask_noise = pair_noise(indices, (mask_channels(num_classes), *size), seed).to(device)
         image_noise = pair_noise(indices, (image_channels, *size), seed + 1).to(device)
@@ -108,11 +113,7 @@ def generate_pairs(
         )
     items = [dict(zip(("image", "label"), writer.paths(i))) for i in range(num_pairs)]
     datalist_path = os.path.join(output_dir, "datalist.json")
-    labels_map = class_names or (
-        {"0": "background", "1": "foreground"}
-        if num_classes == 2
-        else {str(k): f"class_{k}" for k in range(num_classes)}
-    )
+    labels_map = label_names(num_classes, class_names)
     write_datalist(
         datalist_path,
         items,

@@ -341,7 +341,16 @@ class PairPreviewHandler:
 def _log_writers() -> tuple[type, ...]:
     from monai.handlers import MLFlowHandler, StatsHandler, TensorBoardStatsHandler
 
-    return (StatsHandler, TensorBoardStatsHandler, MLFlowHandler, LossHistoryHandler, PairPreviewHandler)
+    from common.progress import TrainingProgress
+
+    return (
+        StatsHandler,
+        TensorBoardStatsHandler,
+        MLFlowHandler,
+        LossHistoryHandler,
+        PairPreviewHandler,
+        TrainingProgress,
+    )
 
 
 def handlers_for_rank(handlers: Sequence[Any]) -> list[Any]:

@@ -8,14 +8,15 @@ when both are unset). The paper adds a "body" class by thresholding and morpholo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from common.data import load_dataset, load_volume_slices
+from common.datalists import label_names
 from common.errors import InputError
 
-__all__ = ["load_slices", "body_mask", "add_body_class"]
+__all__ = ["load_slices", "body_mask", "add_body_class", "label_names_with_body"]
 
 
 def load_slices(
@@ -91,3 +92,10 @@ def add_body_class(pairs: Sequence[dict], num_classes: int, threshold: float = -
         body = body_mask(pair["image"], threshold)
         out.append({**pair, "label": np.where((label == 0) & body, num_classes, label).astype(np.int64)})
     return out
+
+
+def label_names_with_body(names: Mapping[str, str] | str | None, num_classes: int) -> dict[str, str]:
+    """The organ names (a mapping or a class map such as ``classmap.json``, :func:`common.datalists.label_names`) and
+    ``body`` for the added class ``num_classes``: the names of the ``num_classes + 1`` classes the model writes."""
+    organs = label_names(num_classes, names)
+    return {**organs, str(num_classes): "body"}

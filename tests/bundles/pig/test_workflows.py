@@ -195,7 +195,8 @@ def test_multiclass_label_maps_train_and_generate(tmp_path):
     for i in range(3):
         label = np.asarray(Image.open(out / "labels" / f"pair_{i:06d}.png"))
         assert label.shape == (32, 32) and set(np.unique(label)) <= {0, 1, 2, 3}
-    assert json.loads((out / "datalist.json").read_text())["labels"] == {str(k): f"class_{k}" for k in range(4)}
+    labels = json.loads((out / "datalist.json").read_text())["labels"]
+    assert labels == {"0": "background", **{str(k): f"class_{k}" for k in range(1, 4)}}
 
 
 @needs("ct_abdomen", "ct.nii.gz")
