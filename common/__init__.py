@@ -9,8 +9,7 @@ only ``"$import common"`` and can then say ``common.data.load_dataset(...)`` (MO
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from common.bundle import lazy_submodules
 
 __version__ = "0.5.0"
 
@@ -42,8 +41,4 @@ __all__ = [
     "writers",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_submodules(__name__)

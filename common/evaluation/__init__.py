@@ -11,13 +11,8 @@ Submodules load on first attribute access (``common.evaluation.protocol`` in a c
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from common.bundle import lazy_submodules
 
 __all__ = ["conditions", "protocol", "report", "scores", "segmenter"]
 
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        return importlib.import_module(f"{__name__}.{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_submodules(__name__)

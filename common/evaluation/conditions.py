@@ -124,7 +124,7 @@ class PairsCondition(TrainingCondition):
         real: train on the real pairs of the split.
         synthetic: PairWriter folders merged into the pool; ``{fold}`` in a path is formatted per fold.
         augment: False, True (conventional augmentation, :func:`common.evaluation.segmenter.augmentation`) or a
-            function ``image_keys -> MONAI transforms``; ``augment_name`` then says what it is.
+            function ``image_keys -> MONAI transforms`` whose ``name`` says what it is.
         max_synthetic: a seeded subset of at most this many pairs per synthetic folder.
         image_size, num_classes: how the synthetic pairs are loaded (the protocol sets them).
         subset_seed: the seed of the ``max_synthetic`` subset.
@@ -136,7 +136,6 @@ class PairsCondition(TrainingCondition):
         synthetic: Sequence[str | os.PathLike] | str | None = (),
         augment: bool | Callable[[Sequence[str]], list] = False,
         max_synthetic: int | None = None,
-        augment_name: str | None = None,
         image_size: int = 64,
         num_classes: int = 2,
         subset_seed: int = 0,
@@ -160,7 +159,9 @@ class PairsCondition(TrainingCondition):
         self.uses_real = real
         self.folders = [os.fspath(s) if "{fold}" in os.fspath(s) else str(Path(s).resolve()) for s in synthetic]
         self.augment = augment
-        self.augment_name = augment_name or ("augmentation" if augment is True else getattr(augment, "name", None))
+        self.augment_name = (
+            "augmentation" if augment is True else getattr(augment, "name", None) or getattr(augment, "__name__", None)
+        )
         self.max_synthetic = max_synthetic
         self.image_size, self.num_classes, self.subset_seed = image_size, num_classes, subset_seed
         self._loaded: dict[str, list[dict]] = {}
@@ -197,9 +198,7 @@ class PairsCondition(TrainingCondition):
         }
 
     def describe(self) -> str:
-        parts = ["real" if self.uses_real else "no real"] + (
-            [self.augment_name or "augmentation"] if self.augment else []
-        )
+        parts = ["real" if self.uses_real else "no real"] + ([self.augment_name] if self.augment else [])
         limit = f" (≤ {self.max_synthetic})" if self.max_synthetic else ""
         return ", ".join(parts + [f"synthetic `{s}`{limit}" for s in self.folders])
 

@@ -321,14 +321,13 @@ class TextEdgeSampler(ConditionedPairSampler):
         self.edge_source, self.edge_detector = edge_source, edge_detector or canny_edges
         self.prompts = [p["prompt"] for p in pairs]
         self.phrases = ["", *(AUGMENTATION_PHRASES if phrases is None else phrases)]
-        self.n = self.repeats
         self.tokenizer = tokenizer
         self.conditioning_scale = conditioning_scale
         self.image_sampler = ImageSampler(scheduler, num_inference_steps)
 
     def prompt(self, index: int) -> str:
         """The prompt of pair ``index``: the real image's prompt plus phrase ``index % n`` (cycling the phrases)."""
-        phrase = self.phrases[(index % self.n) % len(self.phrases)]
+        phrase = self.phrases[(index % self.repeats) % len(self.phrases)]
         base = self.prompts[self.source(index)]
         return f"{base}, {phrase}" if phrase else base
 
@@ -360,11 +359,11 @@ def generate_versions(
     names = [str(p.get("name", i)) for i, p in enumerate(pairs)]
     if len(set(names)) != len(names):
         raise InputError("real pair names must be unique to index their synthetic versions.")
-    summary = generate_pairs(model, sampler, output_dir, num_pairs=len(pairs) * sampler.n, **kwargs)
+    summary = generate_pairs(model, sampler, output_dir, num_pairs=len(pairs) * sampler.repeats, **kwargs)
     sources = {
-        "samples_per_image": sampler.n,
-        "versions": {name: [i * sampler.n + k for k in range(sampler.n)] for i, name in enumerate(names)},
-        "prompts": [sampler.prompt(j) for j in range(len(pairs) * sampler.n)],
+        "samples_per_image": sampler.repeats,
+        "versions": {name: [i * sampler.repeats + k for k in range(sampler.repeats)] for i, name in enumerate(names)},
+        "prompts": [sampler.prompt(j) for j in range(len(pairs) * sampler.repeats)],
     }
     atomic_write_bytes(os.path.join(output_dir, SOURCES), json.dumps(sources, indent=1).encode("utf-8"))
     return summary

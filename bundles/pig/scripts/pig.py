@@ -127,9 +127,7 @@ class PairedDiffusionModel(nn.Module):
     def condition_from_estimate(self, x0_hat: torch.Tensor, transform: str | None = None) -> torch.Tensor:
         """Map a guider x0 estimate to the image model's condition by ``transform`` (default: the model's
         ``estimate_transform``)."""
-        transform = self.estimate_transform if transform is None else transform
-        if transform not in ESTIMATE_TRANSFORMS:
-            raise ValueError(f"estimate_transform must be one of {ESTIMATE_TRANSFORMS}, got '{transform}'.")
+        transform = self.estimate_transform if transform is None else transform  # both checked on construction
         if transform == "binarize":
             return binarize_mask_estimate(x0_hat)
         if transform == "clamp":
