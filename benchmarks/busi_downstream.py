@@ -145,7 +145,7 @@ def fid_comparison(work: Path, args: argparse.Namespace, regime: int) -> dict[st
             for _ in range((count + 15) // 16)
         ]
     )[:count].clamp(-1, 1)
-    writer = PairWriter(str(work / "pig"))
+    writer = PairWriter.existing(str(work / "pig"))
     pig = [writer.read(i)[0] for i in range(count)]
     test = [p["image"] for p in load_dataset(args.dataset_dir, split="test", image_size=64)]
     fid_to_test = ReferenceFID(test)

@@ -90,7 +90,7 @@ def main() -> None:
     real = load_dataset(
         args.dataset_dir, split="train", image_size=64, max_pairs=int(args.max_pairs) if args.max_pairs else None
     )
-    writer = PairWriter(str(generated))
+    writer = PairWriter.existing(str(generated))
     fake = [writer.read(i) for i in range(args.num_pairs)]
     stats = {
         "real train": pair_statistics([p["image"] for p in real], [p["label"] for p in real]),

@@ -57,7 +57,7 @@ def score(args: argparse.Namespace, out: Path, real: list, fid, segmenter) -> di
     from common.metrics import alignment_dice, pair_statistics
     from common.writers import PairWriter
 
-    writer = PairWriter(str(out))
+    writer = PairWriter.existing(str(out))
     images, labels = map(np.stack, zip(*(writer.read(i) for i in range(args.num_pairs))))
     fake = pair_statistics(images, labels)
     truth = pair_statistics([p["image"] for p in real], [p["label"] for p in real])

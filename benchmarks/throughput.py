@@ -190,7 +190,7 @@ def _sampling_run(bundle: str, size: int, steps: int, workdir: str, record: bool
 
 
 def _generated(output_dir: str) -> int:
-    return len(list(Path(output_dir, "images").glob("*")))
+    return len(list(Path(output_dir, "labels", "final").glob("pair_*")))
 
 
 def sample_bundle(bundle: str, size: int, steps: int, workdir: str) -> dict:

@@ -105,7 +105,7 @@ def quality(generated: Path, real: list, num_pairs: int, fid=None) -> dict:
     from common.metrics import pair_statistics
     from common.writers import PairWriter
 
-    writer = PairWriter(str(generated))
+    writer = PairWriter.existing(str(generated))
     images, labels = map(np.stack, zip(*(writer.read(i) for i in range(num_pairs))))
     real_images, real_labels = np.stack([p["image"] for p in real]), np.stack([p["label"] for p in real])
     fake, truth = pair_statistics(images, labels), pair_statistics(real_images, real_labels)

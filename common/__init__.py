@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from common.bundle import lazy_submodules
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 __all__ = [
     "bundle",

@@ -61,6 +61,21 @@ def _running_workflow() -> Any:
     return None
 
 
+def _monai_command_config() -> str | None:
+    """The first config file of a ``monai.bundle`` command being run from Python (``verify_net_in_out``,
+    ``ckpt_export``, ... as the Model Zoo's CI calls them), found on the call stack."""
+    frame = inspect.currentframe()
+    while frame is not None:
+        if frame.f_globals.get("__name__") == "monai.bundle.scripts":
+            value = frame.f_locals.get("config_file")
+            if isinstance(value, (list, tuple)) and value:
+                value = value[0]
+            if isinstance(value, (str, os.PathLike)) and os.path.isfile(value):
+                return str(value)
+        frame = frame.f_back
+    return None
+
+
 def _config_file_argument(argv: Sequence[str]) -> str | None:
     """The first config file of ``--config_file`` on a ``python -m monai.bundle <command>`` line, if any."""
     for i, word in enumerate(argv):
@@ -82,15 +97,16 @@ def bundle_root() -> str:
 
     In order: a root set with :func:`activate` (tests and benchmarks that parse configs directly); the configs' folder
     of the MONAI ``ConfigWorkflow`` being run (``python -m monai.bundle run``, MONAI Label, the Model Zoo's CI), minus
-    a trailing ``configs``; the ``--config_file`` of a ``python -m monai.bundle`` command line (``verify_net_in_out``,
-    ``ckpt_export``); else the working directory (the Model Zoo's convention, ``bundle_root`` ".").
+    a trailing ``configs``; the config file of a ``monai.bundle`` command called from Python (the Model Zoo's CI calls
+    ``verify_net_in_out`` and ``ckpt_export`` so) or on a ``python -m monai.bundle`` command line; else the working
+    directory (the Model Zoo's convention, ``bundle_root`` ".").
     """
     if _active_root is not None:
         return str(_active_root)
     workflow = _running_workflow()
     if workflow is not None and getattr(workflow, "config_root_path", None) is not None:
         return str(_root_of_config(Path(workflow.config_root_path) / "x.json"))
-    config_file = _config_file_argument(sys.argv)
+    config_file = _monai_command_config() or _config_file_argument(sys.argv)
     if config_file:
         return str(_root_of_config(config_file))
     return os.getcwd()

@@ -1,6 +1,7 @@
 """Export a bundle folder as people download it: ``python -m common.bundle_export bundles/pig dist/``.
 
-Writes ``<output_dir>/<name>/`` with the bundle's ``configs/``, ``scripts/``, ``docs/`` and ``LICENSE`` (no trained
+Checks ``configs/metadata.json`` against the Model Zoo's schema (shipped in this package), then writes
+``<output_dir>/<name>/`` with the bundle's ``configs/``, ``scripts/``, ``docs/`` and ``LICENSE`` (no trained
 weights, outputs or caches) and ``<output_dir>/<name>.zip``, the Model Zoo's archive layout (one top-level folder named
 after the bundle). Both are built under temporary names and renamed when complete, so a killed export leaves nothing
 that looks finished. The exported folder runs anywhere once this library is pip-installed (``pip install .`` from the
@@ -18,30 +19,57 @@ from pathlib import Path
 
 from common.errors import EXIT_INPUT_ERROR, InputError
 
-__all__ = ["BUNDLE_CONTENT", "export_bundle", "main"]
+__all__ = ["BUNDLE_CONTENT", "METADATA_SCHEMA", "export_bundle", "check_metadata", "main"]
+
+# The Model Zoo's metadata schema (meta_schema_20240725.json, as published), shipped so the check runs offline
+METADATA_SCHEMA = Path(__file__).resolve().parent / "schemas" / "meta_schema_20240725.json"
+_SCHEMA_MD5 = "76e1add273836515d0bbb3bc71962474"
 
 BUNDLE_CONTENT = ("configs", "scripts", "docs", "LICENSE")
 _REQUIRED = ("configs/metadata.json", "scripts/__init__.py", "docs/README.md", "LICENSE")
 _SKIPPED = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
 
 
+PACKAGED = Path(__file__).resolve().parent / "bundles"  # the bundles shipped in the wheel (setup.cfg package_data)
+
+
 def _bundle_folder(bundle: str | os.PathLike) -> Path:
-    """A bundle folder given as a path, or as a name under ``./bundles``."""
+    """A bundle folder given as a path, or as a name under ``./bundles``, else one of the bundles this package ships
+    (so ``pip install monai-paired-synthesis`` alone can export them)."""
     path = Path(bundle)
-    if not path.is_dir() and (Path("bundles") / path).is_dir():
-        path = Path("bundles") / path
-    if not path.is_dir():
-        raise InputError(f"bundle '{bundle}' is neither a folder nor a name under ./bundles.")
+    for candidate in (path, Path("bundles") / path, PACKAGED / path):
+        if candidate.is_dir():
+            path = candidate
+            break
+    else:
+        shipped = sorted(p.name for p in PACKAGED.iterdir()) if PACKAGED.is_dir() else []
+        raise InputError(
+            f"bundle '{bundle}' is neither a folder nor a name under ./bundles or of a shipped bundle "
+            f"({', '.join(shipped) or 'none shipped'})."
+        )
     missing = [item for item in _REQUIRED if not (path / item).exists()]
     if missing:
         raise InputError(f"bundle folder '{path}' lacks {missing[0]}; a bundle needs {', '.join(_REQUIRED)}.")
     return path.resolve()
 
 
+def check_metadata(meta_file: str | os.PathLike) -> None:
+    """Validate a bundle's ``metadata.json`` against the Model Zoo's schema, offline (MONAI's ``verify_metadata``)."""
+    import jsonschema
+    from monai.bundle import verify_metadata
+
+    try:
+        verify_metadata(meta_file=str(meta_file), filepath=str(METADATA_SCHEMA), hash_val=_SCHEMA_MD5)
+    except (ValueError, jsonschema.ValidationError) as error:
+        reason = str(error.__cause__ or error).splitlines()[0]
+        raise InputError(f"'{meta_file}' does not meet the Model Zoo's metadata schema: {reason}") from None
+
+
 def export_bundle(bundle: str | os.PathLike, output_dir: str | os.PathLike, zip_archive: bool = True) -> Path:
     """Copy the bundle's content to ``output_dir/<name>`` (replacing an earlier export) and zip it; returns the
     folder."""
     source = _bundle_folder(bundle)
+    check_metadata(source / "configs" / "metadata.json")
     output = Path(output_dir).resolve()
     if output == source or source in output.parents:
         raise InputError(f"output_dir '{output}' is inside the bundle '{source}'; choose a folder outside it.")

@@ -22,7 +22,7 @@ __all__ = ["read_synthetic_images", "save_comparison_figure"]
 
 def read_synthetic_images(folder: str, count: int, num_classes: int) -> np.ndarray:
     """Images (count, C, H, W) of pairs 0..count-1 of a PairWriter folder; names the folder if any is missing."""
-    writer = PairWriter(folder, num_classes=num_classes)
+    writer = PairWriter.existing(folder, num_classes)
     missing = [i for i in range(count) if not writer.is_complete(i)]
     if missing:
         raise InputError(

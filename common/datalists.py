@@ -1,4 +1,5 @@
-"""Finding a dataset's image + mask files: folder pairs, MONAI decathlon datalists, splits (no file is read here).
+"""Finding a dataset's image + mask files: folder pairs, MONAI decathlon datalists, MONAI Label datastores, splits (no
+file is read here).
 
 :func:`build_datalist` turns what a user points at (``dataset_dir``, a ``datalist`` JSON) into the sorted file-level
 list ``[{"image", "label", "name"}, ...]`` that :func:`common.data.load_pairs` reads, checking on the way what can be
@@ -25,6 +26,7 @@ __all__ = [
     "RASTER_EXTENSIONS",
     "NIFTI_EXTENSIONS",
     "DICOM_EXTENSIONS",
+    "MONAI_LABEL_FINAL",
     "DECATHLON_SPLIT_KEYS",
     "SPLIT_NAMES",
     "build_datalist",
@@ -41,6 +43,7 @@ DICOM_EXTENSIONS = (".dcm", ".dicom")
 DECATHLON_SPLIT_KEYS = {"train": "training", "val": "validation", "test": "test"}
 SPLIT_NAMES = tuple(DECATHLON_SPLIT_KEYS)
 DATALIST_NAMES = ("dataset.json", "datalist.json")
+MONAI_LABEL_FINAL = ("labels", "final")  # a MONAI Label datastore's ground-truth labels, named like their images
 
 
 class DataError(InputError):
@@ -141,10 +144,20 @@ def _split_names(dataset_dir: Path, split: str) -> list[str]:
     return names
 
 
-def _folder_datalist(dataset_dir: Path, split: str | None, mask_dir: str | None) -> list[dict]:
-    image_folder = dataset_dir / "images"
-    masks_folder = _mask_folder(dataset_dir, mask_dir)
+def _folder_datalist(dataset_dir: Path, split: str | None, mask_dir: str | None, datastore: bool = False) -> list[dict]:
+    """images/ + masks/ (or labels/), or with ``datastore`` MONAI Label's layout: images in ``dataset_dir`` itself,
+    ground truth in labels/final/; a datastore's images without a final label (not annotated yet) are skipped."""
+    image_folder = dataset_dir if datastore else dataset_dir / "images"
+    masks_folder = dataset_dir.joinpath(*MONAI_LABEL_FINAL) if datastore else _mask_folder(dataset_dir, mask_dir)
     images = _scan_folder(image_folder, dataset_dir)
+    if datastore:
+        labelled = set(_scan_folder(masks_folder, dataset_dir))
+        unlabelled = sorted(set(images) - labelled)
+        if unlabelled:
+            logger.info(
+                "%d image(s) of datastore %s have no final label yet and are skipped", len(unlabelled), dataset_dir
+            )
+        images = {stem: path for stem, path in images.items() if stem in labelled}
     if not images:
         raise DataError(
             f"dataset_dir '{dataset_dir}' has no images in '{image_folder}' "
@@ -244,9 +257,11 @@ def build_datalist(
 
     Sources, in this order: the ``datalist`` JSON if given (a path, or a name relative to ``dataset_dir``); folder
     pairs ``dataset_dir/images`` + ``dataset_dir/masks`` (``labels/`` if there is no ``masks/``, or ``mask_dir``)
-    matched by stem; ``dataset_dir/dataset.json`` or ``datalist.json`` in MONAI decathlon format. Folder pairs honour
-    ``dataset_dir/splits.json``; decathlon lists map train/val/test to training/validation/test, and ``split=None``
-    returns training + validation (decathlon test lists are conventionally unlabelled).
+    matched by stem; a MONAI Label datastore (images in ``dataset_dir``, ground truth in ``labels/final/``, as the
+    bundles write generated pairs; images without a final label are skipped); ``dataset_dir/dataset.json`` or
+    ``datalist.json`` in MONAI decathlon format. Folder pairs and datastores honour ``dataset_dir/splits.json``;
+    decathlon lists map train/val/test to training/validation/test, and ``split=None`` returns training + validation
+    (decathlon test lists are conventionally unlabelled).
     """
     root = Path(dataset_dir).expanduser() if dataset_dir not in (None, "") else None
     if root is not None and not root.is_dir():
@@ -264,13 +279,16 @@ def build_datalist(
     root = root.resolve()
     if (root / "images").is_dir():
         return _folder_datalist(root, split, mask_dir)
+    if root.joinpath(*MONAI_LABEL_FINAL).is_dir():  # a MONAI Label datastore, e.g. a folder of generated pairs
+        return _folder_datalist(root, split, mask_dir, datastore=True)
     for name in DATALIST_NAMES:
         if (root / name).is_file():
             return _decathlon_datalist(root / name, split)
     if not any(p for p in root.iterdir() if not p.name.startswith(".")):
         raise DataError(f"dataset_dir '{root}' is empty.")
     raise DataError(
-        f"dataset_dir '{root}' has no images/ folder (with masks/ or labels/) and no dataset.json or datalist.json."
+        f"dataset_dir '{root}' has no images/ folder (with masks/ or labels/), no dataset.json or datalist.json, and "
+        "no labels/final/ folder (a MONAI Label datastore)."
     )
 
 

@@ -3,6 +3,11 @@
 Pair ``i`` is made from noise seeded by ``(seed, i)``, so a pair does not depend on which batch it fell in or on whether
 the run was interrupted: a rerun after a kill generates exactly the missing pairs and reproduces the same files. The
 datalist is written last and names only complete pairs.
+
+:class:`PairGenerator` is the same job in the shape of a MONAI inference workflow (the ``evaluator`` the bundles'
+``inference.json`` runs): a ``dataset`` of pair requests ``{"index": i}`` and an ``inferer``
+(:class:`common.sampling.SamplingInferer`), so ``ConfigWorkflow(..., workflow_type="infer").check_properties()`` finds
+every property MONAI defines for inference.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import numpy as np
@@ -20,9 +26,9 @@ from common.datalists import label_names
 from common.errors import InputError
 from common.progress import progress_iterable
 from common.transforms import decode_mask, mask_channels
-from common.writers import PairWriter, save_preview_grid, write_datalist
+from common.writers import PairWriter
 
-__all__ = ["generate_pairs", "pair_noise", "validate_count"]
+__all__ = ["PairGenerator", "generate_pairs", "pair_noise", "pair_requests", "validate_count"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +49,25 @@ def pair_noise(indices: list[int], shape: tuple[int, ...], seed: int) -> torch.T
     )
 
 
+def _affine_per_pair(affine: Any) -> Callable[[int], Any]:
+    """Pair index -> its affine, from one affine for all pairs or a sequence of one per source pair (None entries:
+    no geometry, identity)."""
+    if isinstance(affine, (list, tuple)) and affine and (affine[0] is None or np.ndim(affine[0]) == 2):
+        per_pair = list(affine)
+        return lambda index: per_pair[index % len(per_pair)]
+    return lambda index: affine
+
+
+def pair_requests(num_pairs: int) -> list[dict[str, int]]:
+    """The inference dataset: one request ``{"index": i}`` per pair to generate, ``i = 0 .. num_pairs - 1``."""
+    return [{"index": i} for i in range(validate_count(num_pairs, "num_pairs"))]
+
+
 def generate_pairs(
     model: torch.nn.Module,
     sampler: Callable[..., tuple[torch.Tensor, torch.Tensor]],
     output_dir: str,
-    num_pairs: int,
+    num_pairs: int | None = None,
     image_size: int | tuple[int, int] = 64,
     batch_size: int = 16,
     seed: int = 0,
@@ -55,27 +75,40 @@ def generate_pairs(
     image_channels: int = 1,
     file_format: str = "png",
     affine: Any = None,
+    intensity_window: Sequence[float] | None = None,
     device: str | torch.device | None = None,
     class_names: dict[str, str] | str | None = None,
     preview_pairs: int = 16,
     progress: bool = True,
+    indices: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Sample ``num_pairs`` (mask, image) pairs, write them with :class:`PairWriter`, then a datalist and a preview.
 
     ``sampler(model, mask_noise, image_noise, indices=...)`` returns the continuous (mask, image) of those pair
     indices (see :mod:`common.sampling`). ``progress``: a bar with an ETA over the batches, at a terminal only
     (:mod:`common.progress`). ``class_names``: the classes' names for the datalist (a mapping or a JSON class map,
-    :func:`common.datalists.label_names`).
+    :func:`common.datalists.label_names`). ``indices``: which pairs to generate (default ``0 .. num_pairs - 1``); the
+    datalist names exactly these.
+
+    ``affine``: the NIfTI geometry, one 4x4 for every pair or one per source pair (a sequence, pair ``i`` takes entry
+    ``i mod len``: a conditioned sampler makes pair ``i`` for source pair ``i mod N``); ``intensity_window``: the
+    window the model was trained with, so NIfTI images are written in its units (:class:`PairWriter`).
 
     Returns a summary: pairs requested, generated in this run, already present, paths and seconds per pair.
     """
-    num_pairs = validate_count(num_pairs, "num_pairs")
+    if indices is None:
+        indices = range(validate_count(num_pairs, "num_pairs"))
+    requested = sorted({int(i) for i in indices})
+    if not requested or requested[0] < 0:
+        raise InputError(f"the pairs to generate must be non-negative indices, got {list(indices)[:5]!r}.")
+    num_pairs = len(requested)
     batch_size = validate_count(batch_size, "batch_size")
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    writer = PairWriter(output_dir, file_format=file_format, num_classes=num_classes, affine=affine)
+    affine_of = _affine_per_pair(affine)
+    writer = PairWriter(output_dir, file_format, num_classes, intensity_window=intensity_window)
     cleaned = writer.remove_partial() if os.path.isdir(output_dir) else 0
-    missing = [i for i in range(num_pairs) if not writer.is_complete(i)]
+    missing = [i for i in requested if not writer.is_complete(i)]
     logger.info(
         "generating %d of %d pairs into %s (%d already complete, %d partial files removed)",
         len(missing),
@@ -99,7 +132,7 @@ def generate_pairs(
         labels = decode_mask(masks).cpu()
         images = images.clamp(-1.0, 1.0).cpu()
         for j, index in enumerate(indices):
-            writer.write(index, images[j], labels[j])
+            writer.write(index, images[j], labels[j], affine=affine_of(index))
         elapsed = time.perf_counter() - start
         done = b * batch_size + len(indices)
         logger.info(
@@ -111,22 +144,11 @@ def generate_pairs(
             elapsed,
             elapsed / done,
         )
-    items = [dict(zip(("image", "label"), writer.paths(i))) for i in range(num_pairs)]
-    datalist_path = os.path.join(output_dir, "datalist.json")
-    labels_map = label_names(num_classes, class_names)
-    write_datalist(
-        datalist_path,
-        items,
-        key="training",
-        numTraining=num_pairs,
-        labels=labels_map,
+    written = writer.write_index(
+        requested,
+        label_names(num_classes, class_names),
         description=f"{num_pairs} synthetic pairs, seed {seed}",
-    )
-    preview_path = os.path.join(output_dir, "preview.png")
-    shown = list(range(min(preview_pairs, num_pairs)))
-    images, labels = zip(*(writer.read(i) for i in shown))
-    save_preview_grid(
-        preview_path, np.stack(images), np.stack(labels), num_classes=num_classes, max_pairs=preview_pairs
+        preview_pairs=preview_pairs,
     )
     seconds = time.perf_counter() - start
     summary = {
@@ -134,10 +156,29 @@ def generate_pairs(
         "generated": len(missing),
         "already_complete": num_pairs - len(missing),
         "output_dir": os.path.abspath(output_dir),
-        "datalist": os.path.abspath(datalist_path),
-        "preview": os.path.abspath(preview_path),
+        **{key: os.path.abspath(path) for key, path in written.items()},
         "seconds": round(seconds, 2),
         "seconds_per_pair": round(seconds / max(len(missing), 1), 3),
     }
     logger.info("generation done: %s", summary)
     return summary
+
+
+class PairGenerator:
+    """The inference workflow's engine: generates the pairs of ``dataset`` (:func:`pair_requests`) with ``inferer``
+    (:class:`common.sampling.SamplingInferer`) and ``network``; ``run()`` is :func:`generate_pairs` over them, with
+    ``settings`` its other arguments (output_dir, image_size, batch_size, seed, file_format, ...)."""
+
+    def __init__(self, network: torch.nn.Module, inferer: Any, dataset: Sequence[dict[str, int]], **settings: Any):
+        try:
+            self.indices = [int(request["index"]) for request in dataset]
+        except (KeyError, TypeError, ValueError) as error:
+            raise InputError(
+                f"'dataset' must hold pair requests {{'index': i}} (pair_requests), got {error}."
+            ) from None
+        self.network = network
+        self.inferer = inferer
+        self.settings = settings
+
+    def run(self) -> dict[str, Any]:
+        return generate_pairs(self.network, self.inferer.sampler, indices=self.indices, **self.settings)

@@ -56,12 +56,18 @@ def read_training_data_summary(ckpt_dir: str) -> dict[str, Any]:
         return json.load(f)
 
 
-def resolve_file_format(file_format: str, ckpt_dir: str) -> str:
-    """``"auto"`` -> ``"nifti"`` if the model was trained on NIfTI/DICOM volumes, else ``"png"``; other values pass."""
+def resolve_file_format(
+    file_format: str, ckpt_dir: str | None = None, pairs: Sequence[Mapping[str, Any]] | None = None
+) -> str:
+    """``"auto"`` -> ``"nifti"`` for NIfTI/DICOM sources, else ``"png"``; other values pass. The source: ``pairs``
+    when the generation is conditioned on them (their most common format), else the model's training data."""
     if file_format != "auto":
         return file_format
-    trained_on = read_training_data_summary(ckpt_dir).get("format", "png")
-    return "nifti" if trained_on in ("nifti", "dicom") else "png"
+    if pairs:
+        source = Counter(p.get("format", "png") for p in pairs).most_common(1)[0][0]
+    else:
+        source = read_training_data_summary(ckpt_dir).get("format", "png") if ckpt_dir else "png"
+    return "nifti" if source in ("nifti", "dicom") else "png"
 
 
 def training_affine(ckpt_dir: str) -> list | None:

@@ -25,12 +25,14 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+from monai.inferers import Inferer
 
 from common.errors import InputError
 from common.transforms import encode_mask
 
 __all__ = [
     "PairSampler",
+    "SamplingInferer",
     "scheduler_step",
     "stream_scheduler",
     "timestep_batch",
@@ -50,6 +52,27 @@ class PairSampler(Protocol):
         image_noise: torch.Tensor,
         indices: Sequence[int] | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor]: ...
+
+
+class SamplingInferer(Inferer):
+    """A pair sampler in MONAI's ``Inferer`` shape (the bundles' ``inferer`` property): ``inferer(inputs, network)``
+    where ``inputs`` is ``(mask_noise, image_noise)`` and ``indices`` names the pairs, as a MONAI workflow calls an
+    inferer; :class:`common.generation.PairGenerator` drives it."""
+
+    def __init__(self, sampler: PairSampler) -> None:
+        if not isinstance(sampler, PairSampler):
+            raise InputError(f"'sampler' must be a pair sampler (common.sampling.PairSampler), got {sampler!r}.")
+        super().__init__()
+        self.sampler = sampler
+
+    def __call__(  # type: ignore[override]
+        self,
+        inputs: tuple[torch.Tensor, torch.Tensor],
+        network: torch.nn.Module,
+        indices: Sequence[int] | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        mask_noise, image_noise = inputs
+        return self.sampler(network, mask_noise, image_noise, indices=indices)
 
 
 def scheduler_step(

@@ -28,6 +28,7 @@ __all__ = [
     "to_uint8",
     "uint8_to_unit",
     "window_to_unit",
+    "unit_to_window",
     "percentile_range",
     "scale_to_unit",
     "percentile_to_unit",
@@ -108,6 +109,14 @@ def window_to_unit(image: ArrayLike, level: float, width: float) -> ArrayLike:
         raise ValueError(f"intensity window width must be > 0, got {width!r}.")
     low, high = float(level) - float(width) / 2.0, float(level) + float(width) / 2.0
     return _scale(image, low, high)
+
+
+def unit_to_window(image: ArrayLike, level: float, width: float) -> ArrayLike:
+    """The inverse of :func:`window_to_unit`: [-1, 1] back to the window's units (e.g. Hounsfield units). Values the
+    window clipped when the model was trained stay at its bounds."""
+    if not width > 0:
+        raise ValueError(f"intensity window width must be > 0, got {width!r}.")
+    return (image + 1.0) * (float(width) / 2.0) + (float(level) - float(width) / 2.0)
 
 
 def percentile_range(image: ArrayLike, lower: float = 0.5, upper: float = 99.5) -> tuple[float, float]:

@@ -18,6 +18,7 @@ import os
 import posixpath
 import re
 import secrets
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -26,13 +27,25 @@ import numpy as np
 import torch
 from PIL import Image
 
+from common.datalists import MONAI_LABEL_FINAL
 from common.errors import WRITE_ERRNOS, InputError, OutputError
+from common.transforms import unit_to_window, window_to_unit
 
-__all__ = ["PairWriter", "write_datalist", "save_preview_grid", "atomic_write_bytes", "atomic_path"]
+__all__ = [
+    "PREVIEW_FILE",
+    "DATASTORE_FILE",
+    "PairWriter",
+    "write_datalist",
+    "save_preview_grid",
+    "atomic_write_bytes",
+    "atomic_path",
+]
 
 logger = logging.getLogger(__name__)
 
 _EXTENSIONS = {"png": ".png", "nifti": ".nii.gz"}
+PREVIEW_FILE = ("preview", "pairs.png")  # in a subfolder: MONAI Label lists every image file at a datastore's top
+DATASTORE_FILE = "datastore_v2.json"  # MONAI Label's LocalDatastore index (its 0.8 format)
 _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
 _TMP_RE = re.compile(r"^\..*\.tmp-\d+-[0-9a-f]{8}(\.[A-Za-z0-9]+)*$")
 _MAX_TMP_STEM = 200  # keeps ".<stem>.tmp-<pid>-<hex><ext>" under the usual 255-byte file name limit
@@ -176,6 +189,18 @@ def _check_affine(affine: Any) -> np.ndarray:
     return arr
 
 
+def _check_window(window: Any) -> tuple[float, float] | None:
+    if window is None:
+        return None
+    try:
+        level, width = (float(v) for v in window)
+    except (TypeError, ValueError):
+        raise InputError(f"'intensity_window' must be (level, width) or None, got {window!r}.") from None
+    if not width > 0:
+        raise InputError(f"'intensity_window' width must be > 0, got {width!r}.")
+    return level, width
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
@@ -192,16 +217,20 @@ def _json_default(value: Any) -> Any:
 
 
 class PairWriter:
-    """Writes generated pairs as ``<output_dir>/images/<name>`` and ``<output_dir>/labels/<name>``.
+    """Writes generated pairs in MONAI Label's datastore layout: the image as ``<output_dir>/<name>`` and its label as
+    ``<output_dir>/labels/final/<name>``, so MONAI Label's ``LocalDatastore`` (and ``monailabel start_server --studies
+    <output_dir>``) lists every pair as labelled, and ``common.data`` reads the folder back as a dataset.
 
     ``file_format="png"``: the image is an 8-bit greyscale PNG (``rint((x + 1) * 127.5)``, the inverse of the loaders'
     ``x / 127.5 - 1``); the label is a greyscale PNG with 0/255 for binary masks (``num_classes == 2``, visible in any
     viewer and read back as {0, 1} by ``common.data``) and raw class indices 0..K-1 for multi-class.
-    ``file_format="nifti"``: ``.nii.gz`` with the image as float32 kept as is and the label as uint8 class indices,
-    both as single-slice volumes of shape (H, W, 1) with ``affine`` (identity if None) in the sform and qform.
-    A 3D single-slice volume keeps the slice's full world geometry in every reader (ITK drops out-of-plane geometry of
-    2D NIfTI files); ``affine`` maps (row, col, 0) to RAS mm like the affines ``common.data`` returns. It is ignored
-    for PNG.
+    ``file_format="nifti"``: ``.nii.gz`` with the image as float32 and the label as uint8 class indices, both as
+    single-slice volumes of shape (H, W, 1) with the pair's affine (``affine``, or the one given to :meth:`write`;
+    identity if None) in the sform and qform. A 3D single-slice volume keeps the slice's full world geometry in every
+    reader (ITK drops out-of-plane geometry of 2D NIfTI files); an affine maps (row, col, 0) to RAS mm like the
+    affines ``common.data`` returns. ``intensity_window=(level, width)``: the window the model was trained with (CT:
+    40 / 400 HU); NIfTI images are then written in its units (Hounsfield units), values outside it clipped to its
+    bounds; without it they stay in [-1, 1]. Affines and windows are ignored for PNG.
 
     Pair ``index`` is named ``f"pair_{index:06d}"`` plus the extension. Writes are atomic and the label goes last, so
     :meth:`is_complete` is exact after a kill and :meth:`remove_partial` clears what a killed run left behind.
@@ -209,7 +238,12 @@ class PairWriter:
     """
 
     def __init__(
-        self, output_dir: str | os.PathLike, file_format: str = "png", num_classes: int = 2, affine: Any = None
+        self,
+        output_dir: str | os.PathLike,
+        file_format: str = "png",
+        num_classes: int = 2,
+        affine: Any = None,
+        intensity_window: Sequence[float] | None = None,
     ) -> None:
         if file_format not in _EXTENSIONS:
             allowed = ", ".join(repr(k) for k in _EXTENSIONS)
@@ -219,9 +253,27 @@ class PairWriter:
         self.extension = _EXTENSIONS[file_format]
         self.num_classes = _check_num_classes(num_classes)
         self.affine = _check_affine(affine)
-        self.image_dir = os.path.join(self.output_dir, "images")
-        self.label_dir = os.path.join(self.output_dir, "labels")
+        self.intensity_window = _check_window(intensity_window)
+        self.image_dir = self.output_dir
+        self.label_dir = os.path.join(self.output_dir, *MONAI_LABEL_FINAL)
         self._pair_re = re.compile(rf"^pair_\d{{6,}}{re.escape(self.extension)}$")
+
+    @classmethod
+    def existing(cls, output_dir: str | os.PathLike, num_classes: int = 2) -> PairWriter:
+        """The writer of a folder written before, to read its pairs: the file format and the intensity window come
+        from its ``datalist.json`` (PNG without one)."""
+        path = os.path.join(os.fspath(output_dir), "datalist.json")
+        file_format, window = "png", None
+        if os.path.isfile(path):
+            try:
+                with open(path) as f:
+                    datalist = json.load(f)
+                first = datalist["training"][0]["image"] if datalist.get("training") else ""
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
+                raise InputError(f"'{path}' is not a datalist of generated pairs ({error}).") from None
+            file_format = next((k for k, ext in _EXTENSIONS.items() if first.endswith(ext)), "png")
+            window = datalist.get("intensity_window")
+        return cls(output_dir, file_format, num_classes, intensity_window=window)
 
     def name(self, index: int) -> str:
         """File name (shared by image and label) of pair ``index``."""
@@ -232,7 +284,7 @@ class PairWriter:
     def paths(self, index: int) -> tuple[str, str]:
         """Image and label paths relative to ``output_dir``, with "/" so datalists are portable across systems."""
         name = self.name(index)
-        return posixpath.join("images", name), posixpath.join("labels", name)
+        return name, posixpath.join(*MONAI_LABEL_FINAL, name)
 
     def _absolute(self, index: int) -> tuple[str, str]:
         name = self.name(index)
@@ -276,17 +328,18 @@ class PairWriter:
         with atomic_path(path) as tmp:
             Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
 
-    def _save_nifti(self, array: np.ndarray, path: str, dtype: type) -> None:
-        img = nib.Nifti1Image(np.ascontiguousarray(array[:, :, None], dtype=dtype), self.affine)
+    def _save_nifti(self, array: np.ndarray, path: str, dtype: type, affine: np.ndarray) -> None:
+        img = nib.Nifti1Image(np.ascontiguousarray(array[:, :, None], dtype=dtype), affine)
         img.set_data_dtype(dtype)
-        img.set_sform(self.affine, code=1)
-        img.set_qform(self.affine, code=1)
+        img.set_sform(affine, code=1)
+        img.set_qform(affine, code=1)
         img.header.set_xyzt_units("mm")
         with atomic_path(path) as tmp:
             nib.save(img, tmp)
 
-    def write(self, index: int, image: Any, label: Any) -> dict[str, str]:
-        """Write pair ``index``: image in [-1, 1] and label class indices, each (H, W) or (1, H, W), torch or numpy.
+    def write(self, index: int, image: Any, label: Any, affine: Any = None) -> dict[str, str]:
+        """Write pair ``index``: image in [-1, 1] and label class indices, each (H, W) or (1, H, W), torch or numpy;
+        ``affine``: this pair's geometry (NIfTI), else the writer's.
 
         Both arrays are checked before anything touches the disk. An existing label is deleted first, so a kill while
         overwriting leaves an incomplete pair, never a new image next to an old label.
@@ -294,6 +347,7 @@ class PairWriter:
         """
         img = self._image_array(image, index)
         lab = self._label_array(label, index, img.shape)
+        affine = self.affine if affine is None else _check_affine(affine)
         image_path, label_path = self._absolute(index)
         os.makedirs(self.image_dir, exist_ok=True)
         os.makedirs(self.label_dir, exist_ok=True)
@@ -303,8 +357,10 @@ class PairWriter:
             self._save_png(_unit_to_uint8(img), image_path)
             self._save_png(lab * np.uint8(255) if self.num_classes == 2 else lab, label_path)
         else:
-            self._save_nifti(img, image_path, np.float32)
-            self._save_nifti(lab, label_path, np.uint8)
+            if self.intensity_window is not None:
+                img = unit_to_window(np.clip(img, -1.0, 1.0), *self.intensity_window)
+            self._save_nifti(img, image_path, np.float32, affine)
+            self._save_nifti(lab, label_path, np.uint8, affine)
         rel_image, rel_label = self.paths(index)
         return {"image": rel_image, "label": rel_label}
 
@@ -322,18 +378,58 @@ class PairWriter:
                 label = (label > 0).astype(np.int64)
         else:
             image = np.asarray(nib.load(image_path).dataobj, dtype=np.float32)[:, :, 0]
+            if self.intensity_window is not None:
+                image = window_to_unit(image, *self.intensity_window)
             label = np.asarray(nib.load(label_path).dataobj).astype(np.int64)[:, :, 0]
         return image[None], label[None]
+
+    def write_index(
+        self,
+        indices: Sequence[int],
+        labels: Mapping[str, str],
+        description: str = "",
+        preview_pairs: int = 16,
+        **datalist_extra: Any,
+    ) -> dict[str, str]:
+        """Index the complete pairs ``indices`` once they are written: the MONAI datalist ``datalist.json`` (decathlon
+        format, ``labels`` = class index -> name), MONAI Label's datastore index (every pair labelled ``final``,
+        with the label names as MONAI Label apps give them, name -> index; pairs of another datastore index in this
+        folder are kept) and a preview grid. Returns the three paths."""
+        items = [dict(zip(("image", "label"), self.paths(i))) for i in indices]
+        datalist = os.path.join(self.output_dir, "datalist.json")
+        if self.intensity_window is not None and self.file_format == "nifti":  # what readers need to map HU back
+            datalist_extra["intensity_window"] = list(self.intensity_window)
+        write_datalist(
+            datalist, items, key="training", numTraining=len(items), labels=dict(labels), description=description,
+            **datalist_extra,
+        )  # fmt: skip
+        datastore = os.path.join(self.output_dir, DATASTORE_FILE)
+        index = _read_datastore(datastore, description)
+        names = {name: int(k) for k, name in labels.items() if int(k) > 0}
+        stamp = int(time.time())
+        for i in indices:
+            name = self.name(i)
+            data = {"ext": self.extension, "info": {"ts": stamp, "name": name, "synthetic": True}}
+            final = {"ext": self.extension, "info": {"ts": stamp, "name": name, "label_names": names}}
+            index["objects"][name[: -len(self.extension)]] = {"image": data, "labels": {"final": final}}
+        atomic_write_bytes(datastore, (json.dumps(index, indent=2) + "\n").encode("utf-8"))
+        preview = os.path.join(self.output_dir, *PREVIEW_FILE)
+        shown = list(indices)[:preview_pairs]
+        if shown:
+            os.makedirs(os.path.dirname(preview), exist_ok=True)
+            images, masks = zip(*(self.read(i) for i in shown))
+            save_preview_grid(preview, np.stack(images), np.stack(masks), self.num_classes, max_pairs=preview_pairs)
+        return {"datalist": datalist, "datastore": datastore, "preview": preview}
 
     def remove_partial(self) -> int:
         """Delete temporary files left by a kill and images whose label is missing; return how many were removed.
 
-        Only this writer's own names are touched: ``.*.tmp-<pid>-<hex>*`` in ``output_dir``, ``images/`` and
-        ``labels/``, and ``images/pair_NNNNNN<ext>`` without a label. Call it before writing, not while another
+        Only this writer's own names are touched: ``.*.tmp-<pid>-<hex>*`` in ``output_dir`` and ``labels/final/``,
+        and ``pair_NNNNNN<ext>`` images without a label. Call it before writing, not while another
         process writes into the same ``output_dir``.
         """
         removed = 0
-        for folder in (self.output_dir, self.image_dir, self.label_dir):
+        for folder in dict.fromkeys((self.output_dir, self.image_dir, self.label_dir)):
             if not os.path.isdir(folder):
                 continue
             for entry in os.scandir(folder):
@@ -363,6 +459,21 @@ def _relative(value: Any, base: str) -> Any:
         if os.path.isabs(value):
             return os.path.relpath(value, base).replace(os.sep, "/")
     return value
+
+
+def _read_datastore(path: str, description: str) -> dict[str, Any]:
+    """An existing MONAI Label datastore index to add pairs to, or a new one."""
+    if os.path.isfile(path):
+        try:
+            with open(path) as f:
+                index = json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise OutputError(f"the MONAI Label datastore index '{path}' is not readable JSON ({error}).") from None
+        if isinstance(index, dict) and isinstance(index.get("objects"), dict):
+            return index
+        raise OutputError(f"'{path}' is not a MONAI Label datastore index (no 'objects' mapping).")
+    return {"name": "synthetic-pairs", "description": description, "images_dir": ".", "labels_dir": "labels",
+            "objects": {}}  # fmt: skip
 
 
 def write_datalist(

@@ -16,7 +16,8 @@ FAST = {"image_size": 32, "iterations": 2, "batch_size": 4, "network_kwargs": TI
 
 
 def write_pairs(folder: Path, n: int, seed: int, empty: tuple[int, ...] = (), file_format: str = "png") -> list[str]:
-    """n binary 32x32 disc pairs written by PairWriter (images/, labels/, datalist.json); ``empty`` get no lesion."""
+    """n binary 32x32 disc pairs written by PairWriter (MONAI Label's datastore layout) with a datalist.json;
+    ``empty`` get no lesion."""
     writer = PairWriter(folder, file_format=file_format)
     rng = np.random.RandomState(seed)
     items = []

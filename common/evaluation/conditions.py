@@ -92,7 +92,7 @@ def _for_fold(entry: str, fold: int | None) -> str:
 
 
 def load_synthetic(folder: str | os.PathLike, image_size: int | Sequence[int], num_classes: int) -> list[dict]:
-    """All pairs of a folder written by :class:`common.writers.PairWriter` (images/, labels/, datalist.json)."""
+    """All pairs of a folder written by :class:`common.writers.PairWriter` (images, labels/final/, datalist.json)."""
     if not os.path.isdir(folder):
         raise InputError(f"synthetic folder '{folder}' does not exist (set 'synthetic_dirs' to PairWriter folders).")
     return load_dataset(dataset_dir=folder, split=None, image_size=image_size, num_classes=num_classes)

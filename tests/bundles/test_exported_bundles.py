@@ -96,6 +96,25 @@ def test_the_library_comes_from_the_installed_wheel_not_the_repository(exported_
     assert str(REPO) not in json.loads(out[2])  # the bundle folder and installed packages only
 
 
+def test_the_wheel_ships_the_bundles_and_exports_them_without_the_repository(library, tmp_path):
+    """``pip install monai-paired-synthesis`` alone: ``python -m common.bundle_export <name>`` from any folder finds the
+    shipped bundle, checks its metadata against the shipped Model Zoo schema and writes the same export."""
+    from common.bundle_export import METADATA_SCHEMA, export_bundle
+
+    assert (library / "common" / "schemas" / METADATA_SCHEMA.name).is_file()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env["PYTHONPATH"] = str(library)
+    command = [sys.executable, "-m", "common.bundle_export", "ct_semantic_synthesis", str(tmp_path / "dist")]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    shipped = Path(result.stdout.strip().splitlines()[-1])
+    reference = export_bundle(REPO / "bundles" / "ct_semantic_synthesis", tmp_path / "reference", zip_archive=False)
+    files = sorted(str(p.relative_to(reference)) for p in reference.rglob("*") if p.is_file())
+    assert files == sorted(str(p.relative_to(shipped)) for p in shipped.rglob("*") if p.is_file())
+    config = Path("configs") / "inference.json"
+    assert (shipped / config).read_bytes() == (reference / config).read_bytes()
+
+
 def test_pig_runs_outside_the_repository(exported, library, real_pairs):
     bundle = exported["pig"]
     tiny = str(TINY / "pig_tiny.json")
@@ -103,7 +122,7 @@ def test_pig_runs_outside_the_repository(exported, library, real_pairs):
     run(bundle, library, ["configs/inference.json", tiny], "--num_pairs", "2")
     generated = bundle / "outputs" / "generated"
     assert len(json.loads((generated / "datalist.json").read_text())["training"]) == 2
-    assert (bundle / "models" / "model.pt").is_file() and (generated / "preview.png").is_file()
+    assert (bundle / "models" / "model.pt").is_file() and (generated / "preview" / "pairs.png").is_file()
     assert list(evaluate(bundle, library, real_pairs)["aggregate"]) == [
         "real",
         "real+augment",

@@ -98,17 +98,17 @@ def test_killed_generation_writes_only_the_missing_pairs(tmp_path):
         "inference.json", "--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(pairs),
         "--num_pairs", str(total), "--batch_size", "4", "--num_inference_steps", "10",
     )  # fmt: skip
-    labels = pairs / "labels"
+    labels = pairs / "labels" / "final"
     kill_when(command(*args), lambda: labels.is_dir() and len(list(labels.glob("pair_*.png"))) >= 8)
     assert not (pairs / "datalist.json").exists(), "a datalist before all pairs are written"
-    before = {p.name: p.stat().st_mtime_ns for p in (pairs / "images").glob("pair_*.png")}
+    before = {p.name: p.stat().st_mtime_ns for p in pairs.glob("pair_*.png")}
     assert 8 <= len(before) < total
 
     again = rerun(*args)
     assert again.returncode == 0, again.stderr[-3000:]
     done = re.search(r"'already_complete': (\d+)", again.stdout + again.stderr)
     assert done and int(done.group(1)) >= len(before) - 1  # a pair whose label was not yet written is redone
-    unchanged = [n for n, t in before.items() if (pairs / "images" / n).stat().st_mtime_ns == t]
+    unchanged = [n for n, t in before.items() if (pairs / n).stat().st_mtime_ns == t]
     assert len(unchanged) >= len(before) - 1, "complete pairs were rewritten"
     datalist = json.loads((pairs / "datalist.json").read_text())["training"]
     assert len(datalist) == total
@@ -116,4 +116,4 @@ def test_killed_generation_writes_only_the_missing_pairs(tmp_path):
         for key in ("image", "label"):
             Image.open(pairs / item[key]).load()
     assert not [p for p in pairs.rglob(".*")], "temporary files left behind"
-    assert sorted(os.listdir(pairs / "images")) == sorted(os.listdir(pairs / "labels"))
+    assert sorted(p.name for p in pairs.glob("pair_*")) == sorted(os.listdir(labels))

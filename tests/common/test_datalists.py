@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from common.data import DataError
@@ -42,3 +43,23 @@ def test_ct_inference_names_the_organs_and_the_body_class(tmp_path):
     parser["ckpt_path"] = str(tmp_path / "untrained" / "model.pt")
     parser["num_classes"], parser["class_names_path"] = 3, str(tmp_path / "classmap.json")
     assert parser.get_parsed_content("label_names") == {"0": "background", "1": "spleen", "2": "liver", "3": "body"}
+
+
+def test_a_monai_label_datastore_is_a_dataset(tmp_path):
+    """Images at the top, ground truth in labels/final/ (MONAI Label's layout, and the generated folders'): only the
+    annotated images are pairs, splits.json is honoured, the preview subfolder is not an image."""
+    from PIL import Image
+
+    from common.datalists import build_datalist
+
+    (tmp_path / "labels" / "final").mkdir(parents=True)
+    (tmp_path / "preview").mkdir()
+    for name in ("a", "b", "c"):
+        Image.fromarray(np.full((8, 8), 100, np.uint8)).save(tmp_path / f"{name}.png")
+    for name in ("a", "c"):  # b is not annotated yet
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "labels" / "final" / f"{name}.png")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "preview" / "pairs.png")
+    assert [d["name"] for d in build_datalist(tmp_path, None)] == ["a", "c"]
+    assert build_datalist(tmp_path, None)[1]["label"] == str(tmp_path / "labels" / "final" / "c.png")
+    (tmp_path / "splits.json").write_text(json.dumps({"train": ["c.png"], "test": ["a.png"]}))
+    assert [d["name"] for d in build_datalist(tmp_path, "train")] == ["c"]

@@ -15,6 +15,7 @@ from PIL import Image
 
 from common import writers
 from common.data import load_pairs
+from common.errors import InputError, OutputError
 from common.writers import PairWriter, atomic_path, atomic_write_bytes, save_preview_grid, write_datalist
 
 H, W = 6, 9  # non-square, so a transposed write would show
@@ -39,7 +40,7 @@ def test_png_binary_round_trip(tmp_path):
     writer = PairWriter(str(tmp_path), "png", num_classes=2)
     image, label = _image(), _label(2)
     out = writer.write(3, torch.from_numpy(image)[None], torch.from_numpy(label)[None])
-    assert out == {"image": "images/pair_000003.png", "label": "labels/pair_000003.png"}
+    assert out == {"image": "pair_000003.png", "label": "labels/final/pair_000003.png"}
     assert writer.paths(3) == (out["image"], out["label"]) and writer.is_complete(3)
     with Image.open(tmp_path / out["image"]) as im:
         assert im.mode == "L" and im.size == (W, H)
@@ -73,7 +74,7 @@ def test_nifti_round_trip_keeps_values_and_affine(tmp_path):
     image = np.random.RandomState(0).uniform(-1, 1, (H, W)).astype(np.float32)
     label = _label(3)
     out = writer.write(1, image, label)
-    assert out["image"] == "images/pair_000001.nii.gz"
+    assert out["image"] == "pair_000001.nii.gz"
     img, lab = nib.load(tmp_path / out["image"]), nib.load(tmp_path / out["label"])
     assert img.get_data_dtype() == np.float32 and lab.get_data_dtype() == np.uint8
     assert img.shape == lab.shape == (H, W, 1)
@@ -85,6 +86,53 @@ def test_nifti_round_trip_keeps_values_and_affine(tmp_path):
     (pair,) = load_pairs([{"image": str(tmp_path / out["image"]), "label": str(tmp_path / out["label"])}], None, 3)
     np.testing.assert_array_equal(pair["label"][0], label)
     np.testing.assert_allclose(pair["affine"], affine, atol=1e-5)
+
+
+def test_nifti_in_hounsfield_units_with_each_pairs_geometry_read_back_by_monai(tmp_path):
+    """CT pairs: the training window inverted (HU, clipped to the window's bounds), each pair with its own slice's
+    affine, as MONAI's LoadImage (the reader every MONAI / nnU-Net pipeline starts with) sees them."""
+    from monai.transforms import LoadImage
+
+    writer = PairWriter(str(tmp_path), "nifti", num_classes=3, intensity_window=(40, 400))
+    image = np.linspace(-1.0, 1.0, H * W, dtype=np.float32).reshape(H, W)
+    image[0, 0], image[0, 1] = 1.7, -3.0  # beyond the window: written as its bounds
+    slices = [np.diag([0.8, 0.8, 2.5, 1.0]) for _ in range(2)]
+    for k, affine in enumerate(slices):
+        affine[2, 3] = 2.5 * k  # the slice position along z
+        writer.write(k, image, _label(3), affine=affine)
+    loader = LoadImage(image_only=True)
+    for k, affine in enumerate(slices):
+        hu = loader(str(tmp_path / writer.paths(k)[0]))
+        expected = np.clip(image, -1, 1) * 200 + 40  # level 40, width 400: [-1, 1] -> [-160, 240] HU
+        np.testing.assert_allclose(np.asarray(hu)[:, :, 0], expected, atol=1e-3)
+        assert float(hu.max()) == pytest.approx(240.0) and float(hu.min()) == pytest.approx(-160.0)
+        np.testing.assert_allclose(hu.meta["original_affine"], affine, atol=1e-5)
+        np.testing.assert_array_equal(np.asarray(loader(str(tmp_path / writer.paths(k)[1])))[:, :, 0], _label(3))
+    np.testing.assert_allclose(writer.read(1)[0][0], np.clip(image, -1, 1), atol=1e-5)  # back to the model's range
+    with pytest.raises(InputError, match="intensity_window"):
+        PairWriter(str(tmp_path), "nifti", intensity_window=(40, 0))
+
+
+def test_write_index_makes_a_datalist_a_monai_label_datastore_and_a_preview(tmp_path):
+    writer = PairWriter(str(tmp_path), "png")
+    for i in range(3):
+        writer.write(i, _image(i), _label(2, i))
+    (tmp_path / writers.DATASTORE_FILE).write_text(
+        json.dumps({"name": "mine", "images_dir": ".", "labels_dir": "labels", "objects": {"case_7": {"image": {}}}})
+    )  # a user's datastore the pairs are added to: its own images stay listed
+    paths = writer.write_index([0, 2], {"0": "background", "1": "lesion"}, description="two pairs")
+    datalist = json.loads((tmp_path / "datalist.json").read_text())
+    assert datalist["labels"] == {"0": "background", "1": "lesion"} and datalist["numTraining"] == 2
+    labels = [e["label"] for e in datalist["training"]]
+    assert labels == ["labels/final/pair_000000.png", "labels/final/pair_000002.png"]
+    index = json.loads((tmp_path / writers.DATASTORE_FILE).read_text())
+    assert sorted(index["objects"]) == ["case_7", "pair_000000", "pair_000002"] and index["name"] == "mine"
+    final = index["objects"]["pair_000002"]["labels"]["final"]
+    assert final["ext"] == ".png" and final["info"]["label_names"] == {"lesion": 1}
+    assert paths["preview"] == str(tmp_path / "preview" / "pairs.png") and os.path.isfile(paths["preview"])
+    (tmp_path / writers.DATASTORE_FILE).write_text("{not json")
+    with pytest.raises(OutputError, match="datastore"):
+        writer.write_index([0], {"0": "background", "1": "lesion"})
 
 
 def test_nifti_default_affine_and_reproducible_bytes(tmp_path):
@@ -99,25 +147,24 @@ def test_kill_leftovers_are_detected_and_removed(tmp_path):
     writer = PairWriter(str(tmp_path), "png")
     writer.write(0, _image(0), _label(2, 0))
     writer.write(1, _image(1), _label(2, 1))
-    os.remove(tmp_path / "labels" / "pair_000001.png")  # killed after the image, before the label
+    os.remove(tmp_path / "labels" / "final" / "pair_000001.png")  # killed after the image, before the label
     dying = []  # contexts entered but never left, like a process that died inside the block
-    for rel in ("images/pair_000002.png", "labels/pair_000002.png", "datalist.json"):
+    for rel in ("pair_000002.png", "labels/final/pair_000002.png", "datalist.json"):
         dying.append(atomic_path(tmp_path / rel))
         with open(dying[-1].__enter__(), "wb") as f:
             f.write(b"half")
-    for folder in ("images", "labels", "."):
+    for folder in ("labels/final", "."):
         (tmp_path / folder / "leftover").touch()
-    (tmp_path / "images" / "notes.txt").write_text("user file")
+    (tmp_path / "notes.txt").write_text("user file")
     assert writer.is_complete(0) and not writer.is_complete(1) and not writer.is_complete(2)
 
     assert writer.remove_partial() == 4  # three tmp files + the image without a label
     assert _files(tmp_path) == sorted(
         [
-            "images/pair_000000.png",
-            "labels/pair_000000.png",
-            "images/notes.txt",
-            "images/leftover",
-            "labels/leftover",
+            "pair_000000.png",
+            "labels/final/pair_000000.png",
+            "notes.txt",
+            "labels/final/leftover",
             "leftover",
         ]
     )
@@ -147,7 +194,7 @@ def test_overwrite_killed_mid_pair_is_incomplete(tmp_path, monkeypatch):
         writer.write(0, _image(1), _label(2, 1))
     monkeypatch.undo()
     assert not writer.is_complete(0)  # never a new image beside the old label
-    assert _files(tmp_path) == ["images/pair_000000.png"]  # old image, no tmp
+    assert _files(tmp_path) == ["pair_000000.png"]  # old image, no tmp
     assert writer.remove_partial() == 1
 
 
@@ -182,7 +229,7 @@ def test_write_datalist_relative_and_readable_by_monai(tmp_path):
         data = json.loads(path.read_text())
         assert data["numTraining"] == 2 and data["labels"] == labels and data["description"] == "two pairs"
         assert data["training"] == [
-            {"image": f"{prefix}images/pair_00000{i}.png", "label": f"{prefix}labels/pair_00000{i}.png"}
+            {"image": f"{prefix}pair_00000{i}.png", "label": f"{prefix}labels/final/pair_00000{i}.png"}
             for i in range(2)
         ]
         loaded = load_decathlon_datalist(str(path), data_list_key="training")

@@ -40,7 +40,7 @@ from common.data import load_dataset, load_volume_slices
 from common.diffusion import diffusion_target
 from common.distributed import draw_global
 from common.errors import InputError
-from common.generation import generate_pairs
+from common.generation import PairGenerator, generate_pairs
 from common.sampling import ConditionedPairSampler, ImageSampler
 from common.training import noised
 from common.writers import PairWriter, atomic_write_bytes
@@ -56,6 +56,7 @@ __all__ = [
     "load_prompted_sources",
     "TextEdgeSampler",
     "generate_versions",
+    "VersionGenerator",
     "load_versions",
     "MIX_MODES",
     "random_patch_mask",
@@ -359,7 +360,13 @@ def generate_versions(
     names = [str(p.get("name", i)) for i, p in enumerate(pairs)]
     if len(set(names)) != len(names):
         raise InputError("real pair names must be unique to index their synthetic versions.")
-    summary = generate_pairs(model, sampler, output_dir, num_pairs=len(pairs) * sampler.repeats, **kwargs)
+    affine = kwargs.pop("affine", None)
+    per_pair = isinstance(affine, (list, tuple)) and affine and (affine[0] is None or np.ndim(affine[0]) == 2)
+    if per_pair:  # one per real pair: one per version
+        affine = [a for a in affine for _ in range(sampler.repeats)]
+    summary = generate_pairs(
+        model, sampler, output_dir, num_pairs=len(pairs) * sampler.repeats, affine=affine, **kwargs
+    )
     sources = {
         "samples_per_image": sampler.repeats,
         "versions": {name: [i * sampler.repeats + k for k in range(sampler.repeats)] for i, name in enumerate(names)},
@@ -369,6 +376,25 @@ def generate_versions(
     return summary
 
 
+class VersionGenerator(PairGenerator):
+    """The inference workflow's engine (MONAI's ``evaluator``): :func:`generate_versions` for ``pairs``, whose
+    ``dataset`` must request every version (``pair_requests(len(pairs) * samples_per_image)``): the ``sources.json``
+    index that patch-mixed training reads covers them all."""
+
+    def __init__(self, network: Any, inferer: Any, dataset: Any, pairs: Sequence[Mapping[str, Any]], **settings: Any):
+        super().__init__(network, inferer, dataset, **settings)
+        expected = list(range(len(pairs) * inferer.sampler.repeats))
+        if self.indices != expected:
+            raise InputError(
+                f"'dataset' must request all {len(expected)} versions (pair_requests(len(pairs) * samples_per_image)), "
+                f"got {len(self.indices)} requests."
+            )
+        self.pairs = pairs
+
+    def run(self) -> dict[str, Any]:
+        return generate_versions(self.network, self.inferer.sampler, self.pairs, **self.settings)
+
+
 def load_versions(folder: str, num_classes: int = 2) -> dict[str, np.ndarray]:
     """Real image name -> its synthetic versions, (n, 1, H, W) float32 in [-1, 1], from a :func:`generate_versions`
     folder."""
@@ -376,7 +402,7 @@ def load_versions(folder: str, num_classes: int = 2) -> dict[str, np.ndarray]:
     if not os.path.isfile(path):
         raise InputError(f"'{folder}' has no {SOURCES}: it is not a complete DiffBoost generation folder.")
     sources = json.loads(open(path).read())
-    writer = PairWriter(folder, num_classes=num_classes)
+    writer = PairWriter.existing(folder, num_classes)
     return {name: np.stack([writer.read(j)[0] for j in indices]) for name, indices in sources["versions"].items()}
 
 

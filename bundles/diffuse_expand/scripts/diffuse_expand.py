@@ -43,6 +43,7 @@ from monai.networks.blocks import Convolution
 from torch import nn
 
 from common.checkpoints import load_weights
+from common.datalists import label_names
 from common.diffusion import (
     apply_classifier_guidance,
     classifier_free,
@@ -56,7 +57,7 @@ from common.evaluation.segmenter import predict
 from common.sampling import scheduler_step, stream_scheduler, timestep_batch
 from common.schedulers import prediction_type
 from common.training import batch_uniform, image_and_mask, noised
-from common.writers import PairWriter, save_preview_grid, write_datalist
+from common.writers import PairWriter
 
 __all__ = [
     "MASK_TASK",
@@ -424,17 +425,10 @@ def filter_pairs(
         "pairs": entries,
     }
     if written:
-        items = [dict(zip(("image", "label"), writer.paths(i))) for i in range(written)]
-        write_datalist(
-            os.path.join(staging, "datalist.json"),
-            items,
-            numTraining=written,
+        writer.write_index(
+            range(written),
+            label_names(num_classes),
             description=f"{written} of {len(pairs)} generated pairs kept by the Dice filter (eta {eta})",
-        )
-        shown = list(range(min(16, written)))
-        kept_images, kept_labels = zip(*(writer.read(i) for i in shown))
-        save_preview_grid(
-            os.path.join(staging, "preview.png"), np.stack(kept_images), np.stack(kept_labels), num_classes=num_classes
         )
     else:
         logger.warning("the filter kept no pairs (eta %s): every pair had a Dice loss >= eta", eta)

@@ -17,7 +17,7 @@ def parser(*names) -> ConfigParser:
 
 def test_default_networks_shapes():
     p = parser("inference.json")
-    dpm, segmenter = p.get_parsed_content("network_def"), p.get_parsed_content("segmenter_def")
+    dpm, segmenter = p.get_parsed_content("denoiser_def"), p.get_parsed_content("segmenter_def")
     x = torch.randn(2, 1, 64, 64)
     t = torch.tensor([0, 999])
     assert dpm(x, t, task=1, condition=torch.ones_like(x)).shape == (2, 1, 64, 64)

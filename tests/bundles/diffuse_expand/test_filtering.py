@@ -75,7 +75,7 @@ def test_filter_keeps_exactly_the_pairs_under_eta(pairs, tmp_path):
         image, label = writer.read(written)
         np.testing.assert_array_equal(label, pairs[source]["label"])
     assert json.loads((out / "filter_report.json").read_text())["kept"] == 3
-    assert (out / "preview.png").is_file() and not (tmp_path / "filtered.partial").exists()
+    assert (out / "preview" / "pairs.png").is_file() and not (tmp_path / "filtered.partial").exists()
 
 
 def test_middle_band_keeps_the_image_with_the_segmenters_mask(pairs, tmp_path):
@@ -89,9 +89,9 @@ def test_middle_band_keeps_the_image_with_the_segmenters_mask(pairs, tmp_path):
 def test_rerun_replaces_the_previous_output(pairs, tmp_path):
     out = tmp_path / "filtered"
     filter_pairs(pairs, ThresholdSegmenter(), str(out), eta=2.0)
-    assert len(list((out / "images").iterdir())) == 5
+    assert len(list(out.glob("pair_*"))) == 5
     filter_pairs(pairs, ThresholdSegmenter(), str(out), eta=0.065)
-    assert len(list((out / "images").iterdir())) == 3
+    assert len(list(out.glob("pair_*"))) == 3
 
 
 def test_bad_filter_settings_are_named():

@@ -18,7 +18,7 @@ def parser(*names) -> ConfigParser:
 
 
 def test_default_network_shapes():
-    net = parser("inference.json").get_parsed_content("network_def")
+    net = parser("inference.json").get_parsed_content("denoiser_def")
     noisy = torch.randn(2, 2, 64, 64)
     out = net(noisy, torch.tensor([0, 999]), clean_mask=torch.ones(2, 1, 64, 64))
     assert out.shape == (2, 2, 64, 64)

@@ -24,7 +24,7 @@ def run_stage(config: str, *overrides: str) -> subprocess.CompletedProcess:
 
 
 def digest(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("pair_*"))}
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_inference_writes_binary_pairs_datalist_and_preview(trained):
         label = np.asarray(Image.open(out / item["label"]))
         assert image.shape == label.shape == (32, 32) and image.dtype == np.uint8
         assert set(np.unique(label)) <= {0, 255}, "masks must be strictly binary"
-    assert (out / "preview.png").is_file()
+    assert (out / "preview" / "pairs.png").is_file()
     from monai.data import load_decathlon_datalist
 
     loaded = load_decathlon_datalist(str(out / "datalist.json"), data_list_key="training", base_dir=str(out))
@@ -82,12 +82,12 @@ def test_same_seed_same_pairs_and_resume_writes_only_missing(trained):
             "5",
         )
         assert result.returncode == 0, result.stderr[-3000:]
-    assert digest(a / "images") == digest(b / "images")
-    assert digest(a / "labels") == digest(b / "labels")
+    assert digest(a) == digest(b)
+    assert digest(a / "labels" / "final") == digest(b / "labels" / "final")
     # a killed run: pair 3 lost its label (written last), pair 4 is gone entirely
-    (b / "labels" / "pair_000003.png").unlink()
-    (b / "images" / "pair_000004.png").unlink()
-    (b / "labels" / "pair_000004.png").unlink()
+    (b / "labels" / "final" / "pair_000003.png").unlink()
+    (b / "pair_000004.png").unlink()
+    (b / "labels" / "final" / "pair_000004.png").unlink()
     result = run_stage(
         "inference.json",
         "--ckpt_dir",
@@ -101,7 +101,7 @@ def test_same_seed_same_pairs_and_resume_writes_only_missing(trained):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "generating 2 of 5 pairs" in result.stdout + result.stderr
-    assert digest(a / "labels") == digest(b / "labels")
+    assert digest(a / "labels" / "final") == digest(b / "labels" / "final")
     other = trained / "gen_seed_c"
     assert (
         run_stage(
@@ -117,7 +117,7 @@ def test_same_seed_same_pairs_and_resume_writes_only_missing(trained):
         ).returncode
         == 0
     )
-    assert digest(other / "images") != digest(a / "images")
+    assert digest(other) != digest(a)
 
 
 def run_overlay(configs: list[str], *overrides: str) -> subprocess.CompletedProcess:
@@ -143,7 +143,7 @@ def test_mask_conditioned_baseline_uses_the_real_training_masks(trained):
     assert result.returncode == 0, result.stderr[-3000:]
     real = load_dataset(None, image_size=32, num_synthetic=8)
     for i in range(10):
-        label = np.asarray(Image.open(out / "labels" / f"pair_{i:06d}.png")) // 255
+        label = np.asarray(Image.open(out / "labels" / "final" / f"pair_{i:06d}.png")) // 255
         assert np.array_equal(label, real[i % 8]["label"][0]), f"pair {i} is not conditioned on real mask {i % 8}"
 
 
@@ -193,7 +193,7 @@ def test_multiclass_label_maps_train_and_generate(tmp_path):
     result = run_stage("inference.json", "--output_dir", str(out), "--num_pairs", "3", *common)
     assert result.returncode == 0, result.stderr[-3000:]
     for i in range(3):
-        label = np.asarray(Image.open(out / "labels" / f"pair_{i:06d}.png"))
+        label = np.asarray(Image.open(out / "labels" / "final" / f"pair_{i:06d}.png"))
         assert label.shape == (32, 32) and set(np.unique(label)) <= {0, 1, 2, 3}
     labels = json.loads((out / "datalist.json").read_text())["labels"]
     assert labels == {"0": "background", **{str(k): f"class_{k}" for k in range(1, 4)}}
