@@ -56,11 +56,17 @@ def filtered_name(tau: str, eta: float) -> str:
     return f"CF+CG+CS_{tau_name(tau)}" + ("" if eta == PAPER_ETA else f"_eta{eta:g}")
 
 
-def settings() -> dict[str, dict[str, str]]:
-    """Condition name -> inference overrides (CF: no segmenter; CF+CG: s = 1 with temperature tau)."""
+def settings(guidance_loss: str = "structure", guide_mask_phase: bool = False) -> dict[str, dict[str, str]]:
+    """Condition name -> inference overrides (CF: no segmenter; CF+CG: s = 1 with temperature tau, the mask term of
+    ``guidance_loss``, the mask phase guided or not)."""
     out = {"CF": {"classifier_guidance": "False"}}
     for tau in TAUS:
-        out[f"CF+CG_{tau_name(tau)}"] = {"classifier_guidance": "True", "temperature": str(float(Fraction(tau)))}
+        out[f"CF+CG_{tau_name(tau)}"] = {
+            "classifier_guidance": "True",
+            "temperature": str(float(Fraction(tau))),
+            "guidance_loss": guidance_loss,
+            "guide_mask_phase": str(guide_mask_phase),
+        }
     return out
 
 
@@ -82,6 +88,13 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--seg_iterations", type=int, default=1000)
+    parser.add_argument(
+        "--guidance_loss",
+        default="structure",
+        choices=["structure", "pixel_sum"],
+        help="the mask term of classifier guidance (the committed results before 0.6.0: pixel_sum)",
+    )
+    parser.add_argument("--guide_mask_phase", action="store_true", help="also guide the mask phase (before 0.6.0)")
     parser.add_argument("--extra_config", nargs="*", default=[])
     parser.add_argument("--no_fid", action="store_true")
     args = parser.parse_args()
@@ -123,7 +136,7 @@ def main() -> None:
         )
 
     folders: dict[str, Path] = {}
-    for condition, overrides in settings().items():
+    for condition, overrides in settings(args.guidance_loss, args.guide_mask_phase).items():
         out = root / "sets" / condition
         if not complete(out, args.num_pairs):
             flat = [x for key, value in overrides.items() for x in (f"--{key}", value)]

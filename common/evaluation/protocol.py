@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import monai
 import numpy as np
 import torch
 from monai.data import partition_dataset
@@ -268,6 +269,8 @@ def run_segmentation_evaluation(
     trained = 0
     for condition, spec, settings, seed, fold, train_real, test_real, run_id, path, run in plan:
         if run is not None:
+            run["metrics"] = summarise_images(run["per_image"], num_classes)  # today's conventions on stored images
+            run["subset"] = subset_seed
             logger.info("run %s: already done, skipped (Dice %s).", run_id, _fmt(run["metrics"]["dice"]))
             if save_models and not (runs_dir / f"{run_id}.pt").is_file():
                 logger.warning(
@@ -309,7 +312,10 @@ def run_segmentation_evaluation(
                 "condition": condition,
                 "seed": seed,
                 "fold": fold,
+                "subset": subset_seed,
                 "settings": settings,
+                "threads": torch.get_num_threads(),
+                "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
                 "train_pairs_real": training.real_pairs,
                 "train_pairs_synthetic": training.synthetic_pairs,
                 "test_pairs": len(test_real),
@@ -339,6 +345,9 @@ def run_segmentation_evaluation(
                 "condition_descriptions": {name: spec.describe() for name, spec in conditions.items()},
                 "loss": "DiceCELoss(softmax)",
                 "optimizer": "Adam",
+                "threads": torch.get_num_threads(),
+                "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+                "versions": {"torch": torch.__version__, "monai": monai.__version__},
             },
             "conventions": CONVENTIONS,
             "aggregate": aggregate(summary_runs),

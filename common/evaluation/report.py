@@ -14,19 +14,25 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from scipy import stats as scipy_stats
 
-from common.evaluation.scores import DISTANCES, METRICS
+from common.evaluation.scores import ALL_IMAGES, DISTANCES, METRICS
 from common.writers import atomic_path, atomic_write_bytes
 
-__all__ = ["aggregate", "paired_differences", "write_markdown", "save_bar_chart"]
+__all__ = ["PAIRED", "aggregate", "paired_differences", "write_markdown", "save_bar_chart"]
 
 
 def _stats(values: Sequence[float | None]) -> dict[str, Any]:
+    """Mean, sample std, count and the 95% confidence interval of the mean (Student's t; null below 2 values)."""
     kept = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    mean = float(np.mean(kept)) if kept else None
+    std = float(np.std(kept, ddof=1)) if len(kept) > 1 else None
+    half = float(scipy_stats.t.ppf(0.975, len(kept) - 1) * std / math.sqrt(len(kept))) if std is not None else None
     return {
-        "mean": float(np.mean(kept)) if kept else None,
-        "std": float(np.std(kept, ddof=1)) if len(kept) > 1 else None,
+        "mean": mean,
+        "std": std,
         "n": len(kept),
+        "ci95": [mean - half, mean + half] if half is not None else None,
     }
 
 
@@ -61,18 +67,25 @@ def aggregate(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     return result
 
 
+PAIRED = (*METRICS, *ALL_IMAGES, "empty_gt_pred_empty_fraction")
+
+
+def _pairing(run: Mapping[str, Any]) -> tuple[Any, Any, Any]:
+    """What two runs share when they are paired: training seed, fold and real training subset."""
+    return run["seed"], run["fold"], run.get("subset")
+
+
 def paired_differences(
-    runs: Sequence[Mapping[str, Any]], baseline: str, keys: Sequence[str] = METRICS
+    runs: Sequence[Mapping[str, Any]], baseline: str, keys: Sequence[str] = PAIRED
 ) -> dict[str, dict[str, Any]]:
-    """Per condition, stats of (condition - baseline) over runs matched by (seed, fold): seed spread cancels out."""
-    base = {(r["seed"], r["fold"]): r["metrics"] for r in runs if r["condition"] == baseline}
+    """Per condition, stats (with a 95% interval) of (condition - baseline) over runs matched by seed, fold and
+    training subset: the spread of seeds and subsets cancels out."""
+    base = {_pairing(r): r["metrics"] for r in runs if r["condition"] == baseline}
     conditions = list(dict.fromkeys(r["condition"] for r in runs if r["condition"] != baseline))
     result = {}
     for condition in conditions:
         matched = [
-            (r["metrics"], base[(r["seed"], r["fold"])])
-            for r in runs
-            if r["condition"] == condition and (r["seed"], r["fold"]) in base
+            (r["metrics"], base[_pairing(r)]) for r in runs if r["condition"] == condition and _pairing(r) in base
         ]
         result[condition] = {
             k: _stats([m[k] - b[k] if m.get(k) is not None and b.get(k) is not None else None for m, b in matched])
@@ -94,13 +107,23 @@ def _cell(stats: Mapping[str, Any], runs: int, digits: int = 3) -> str:
     return text + (f" (n={stats['n']})" if stats["n"] < runs else "")
 
 
+def _interval(stats: Mapping[str, Any], digits: int = 3) -> str:
+    """``+0.041 [+0.012, +0.070]`` (mean of paired differences and its 95% interval)."""
+    if stats.get("mean") is None:
+        return "n/a"
+    text = f"{stats['mean']:+.{digits}f}"
+    low_high = stats.get("ci95")
+    return text + (f" [{low_high[0]:+.{digits}f}, {low_high[1]:+.{digits}f}]" if low_high else "")
+
+
 def _table(
     aggregated: Mapping[str, Any], paired: Mapping[str, Any] | None, baseline: str, part: str | None
 ) -> list[str]:
     header = [
         "condition",
         "runs",
-        "Dice",
+        "Dice (lesion images)",
+        "Dice (all images)",
         "IoU",
         "Precision",
         "Recall",
@@ -110,20 +133,21 @@ def _table(
         "empty GT → empty pred",
     ]
     if paired is not None:
-        header.append(f"ΔDice vs {baseline} (paired)")
+        header += [f"ΔDice lesion vs {baseline} [95% CI]", f"ΔDice all vs {baseline} [95% CI]"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for condition, summary in aggregated.items():
         stats = summary["metrics"] if part is None else summary["per_class"][part]
         empty = stats["empty_gt_images"]["mean"]
         cells = [condition, str(summary["runs"])]
         runs = summary["runs"]
-        cells += [_cell(stats[m], runs, 2 if m in DISTANCES else 3) for m in METRICS]
+        cells += [_cell(stats[m], runs, 2 if m in DISTANCES else 3) for m in ("dice", "dice_all", *METRICS[1:])]
         cells.append(_cell(stats["hd95_missed"], runs, 1))
         cells.append(
             "none in test set" if not empty else f"{_cell(stats['empty_gt_pred_empty_fraction'], runs, 2)} of {empty:g}"
         )
         if paired is not None:
-            cells.append("—" if condition == baseline else _cell(paired[condition]["dice"], runs))
+            for key in ("dice", "dice_all"):
+                cells.append("—" if condition == baseline else _interval(paired[condition][key]))
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

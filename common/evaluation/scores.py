@@ -22,10 +22,19 @@ from monai.networks.utils import one_hot
 
 from common.evaluation.segmenter import DEFAULTS, predict, stack_images
 
-__all__ = ["METRICS", "DISTANCES", "CONVENTIONS", "pair_metrics", "evaluate_segmenter", "summarise_images"]
+__all__ = [
+    "METRICS",
+    "DISTANCES",
+    "ALL_IMAGES",
+    "CONVENTIONS",
+    "pair_metrics",
+    "evaluate_segmenter",
+    "summarise_images",
+]
 
 METRICS = ("dice", "iou", "precision", "recall", "hd95", "assd")
 DISTANCES = ("hd95", "assd")
+ALL_IMAGES = ("dice_all",)  # over every test image, empty ground truth included
 
 CONVENTIONS: dict[str, str] = {
     "classes": (
@@ -36,6 +45,11 @@ CONVENTIONS: dict[str, str] = {
     "overlap": (
         "Dice, IoU, Precision and Recall are averaged over test images whose ground truth contains the class; "
         "images with an empty ground truth are excluded from these means."
+    ),
+    "all_images": (
+        "'dice_all' is Dice averaged over ALL test images: an image whose ground truth and prediction are both empty "
+        "scores 1, an empty ground truth with a predicted lesion scores 0, otherwise its Dice. It charges false "
+        "positives on normal images, which the lesion-image mean ('dice') does not see; report both."
     ),
     "empty_prediction": (
         "On an image whose ground truth contains the class but whose prediction does not, Dice, IoU, Precision and "
@@ -53,9 +67,10 @@ CONVENTIONS: dict[str, str] = {
         "test set has no such image). 'per_class' gives the same counts per class."
     ),
     "aggregation": (
-        "Per condition: mean and sample standard deviation (ddof=1; null for a single run) over runs (seeds x folds); "
-        "runs in which a metric is undefined are left out and 'n' says how many remain. 'paired_vs_baseline' is the "
-        "mean ± std of per-run differences to the baseline condition matched by seed and fold."
+        "Per condition: mean and sample standard deviation (ddof=1; null for a single run) over runs (seeds x folds x "
+        "training subsets); runs in which a metric is undefined are left out and 'n' says how many remain. "
+        "'paired_vs_baseline' gives per-run differences to the baseline condition matched by seed, fold and training "
+        "subset: their mean, std and the 95% confidence interval of the mean (Student's t over the pairs)."
     ),
 }
 
@@ -141,6 +156,7 @@ def summarise_images(per_image: Sequence[Mapping[str, Any]], num_classes: int = 
         correct = sum(e["pred_empty"] for e in gt_empty)
         per_class[c] = {
             **{name: _mean([e[name] for e in entries]) for name in METRICS},
+            "dice_all": _mean([float(e["pred_empty"]) if e["gt_empty"] else e["dice"] for e in entries]),
             "gt_nonempty_images": len(entries) - len(gt_empty),
             "hd95_missed": sum(not e["gt_empty"] and e["pred_empty"] for e in entries),
             "empty_gt_images": len(gt_empty),
@@ -152,7 +168,7 @@ def summarise_images(per_image: Sequence[Mapping[str, Any]], num_classes: int = 
     n_empty = sum(image_gt_empty)
     correct = sum(g and p for g, p in zip(image_gt_empty, image_pred_empty))
     return {
-        **{name: _mean([per_class[c][name] for c in classes]) for name in METRICS},
+        **{name: _mean([per_class[c][name] for c in classes]) for name in (*METRICS, *ALL_IMAGES)},
         "test_images": len(per_image),
         "hd95_missed": sum(per_class[c]["hd95_missed"] for c in classes),
         "empty_gt_images": n_empty,

@@ -65,6 +65,29 @@ def test_tempered_log_likelihood_is_the_bernoulli_log_probability():
         bernoulli_log_likelihood(logits, target, 0.0)
 
 
+def test_structure_loss_is_area_normalised_and_rewards_the_mask():
+    """The authors' guidance loss: perfect logits score near 0, wrong ones near -2 (BCE + IoU terms), and the value
+    does not grow with the image size as the pixel sum does."""
+    structure = DIFFUSE_EXPAND.structure_log_likelihood
+    scores = {}
+    for size in (16, 64):
+        mask = torch.zeros(1, 1, size, size, dtype=torch.float64)
+        mask[..., size // 4 : size // 2, size // 4 : size // 2] = 1
+        right, wrong = 20 * (2 * mask - 1), -20 * (2 * mask - 1)
+        scores[size] = (structure(right, mask).item(), structure(wrong, mask).item())
+        summed = bernoulli_log_likelihood(wrong, mask).item()
+        assert summed < -15 * size * size  # the pixel sum grows with the area...
+    assert scores[16] == pytest.approx(scores[64], abs=0.05)  # ...the structure loss does not
+    assert scores[64][0] > -0.01 and scores[64][1] < -1.5
+    logits = torch.zeros(1, 1, 16, 16, dtype=torch.float64, requires_grad=True)
+    mask = torch.zeros(1, 1, 16, 16, dtype=torch.float64)
+    mask[..., 4:8, 4:8] = 1
+    (grad,) = torch.autograd.grad(structure(logits, mask).sum(), logits)
+    assert (grad[mask > 0] > 0).all() and (grad[mask == 0] < 0).all()  # ascent raises the mask, lowers the rest
+    with pytest.raises(ValueError, match="temperature"):
+        structure(logits, mask, 0.0)
+
+
 @pytest.mark.parametrize("tau", [1.0, 0.5, 1 / 3])
 def test_guidance_gradient_matches_finite_differences(tau):
     segmenter = ToySegmenter()

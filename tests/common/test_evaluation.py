@@ -55,6 +55,8 @@ def test_empty_mask_conventions():
     assert summary["hd95_missed"] == 1  # ...and counted
     assert (summary["empty_gt_images"], summary["empty_gt_pred_empty"]) == (2, 1)
     assert summary["empty_gt_pred_empty_fraction"] == 0.5
+    # over all four images: 1 (perfect) + 1 (both empty) + 0 (false positive) + 0 (missed), the other convention
+    assert summary["dice_all"] == 0.5 and summary["per_class"]["1"]["dice_all"] == 0.5
     # a segmenter that predicts nothing: distances undefined, not 0
     nothing = scores.summarise_images(
         [{"name": "0", "classes": r} for r in scores.pair_metrics(np.zeros_like(gt[:1]), gt[:1])]
@@ -104,12 +106,28 @@ def test_aggregate_mean_std_and_paired_differences():
     assert agg["real"]["runs"] == 3
     assert agg["real"]["metrics"]["dice"]["mean"] == pytest.approx(0.4)
     assert agg["real"]["metrics"]["dice"]["std"] == pytest.approx(0.2)  # sample std, ddof=1
-    assert agg["syn"]["metrics"]["dice"] == pytest.approx({"mean": 0.45, "std": 0.15 * 2**0.5, "n": 2})
-    assert agg["once"]["metrics"]["dice"] == {"mean": 0.5, "std": None, "n": 1}
+    syn = agg["syn"]["metrics"]["dice"]
+    assert (syn["mean"], syn["std"], syn["n"]) == pytest.approx((0.45, 0.15 * 2**0.5, 2))
+    half = 12.7062 * 0.15 * 2**0.5 / 2**0.5  # Student's t(0.975, 1 dof) x std / sqrt(n)
+    assert syn["ci95"] == pytest.approx([0.45 - half, 0.45 + half], rel=1e-4)
+    assert agg["once"]["metrics"]["dice"] == {"mean": 0.5, "std": None, "n": 1, "ci95": None}
     assert agg["real"]["per_class"]["1"]["dice"]["mean"] == pytest.approx(0.4)
     paired = report.paired_differences(runs, "real", keys=("dice",))
     assert paired["syn"]["dice"]["mean"] == pytest.approx(0.15) and paired["syn"]["dice"]["n"] == 2
     assert paired["syn"]["dice"]["std"] == pytest.approx(np.std([0.1, 0.2], ddof=1))
+
+
+def test_paired_differences_match_seed_and_training_subset():
+    """Two training subsets x two seeds: a run is compared with the baseline of the same seed AND subset."""
+    runs = []
+    for subset, offset in ((0, 0.0), (1, 0.3)):  # subset 1 is easier for every condition
+        for seed in (0, 1):
+            base = offset + 0.1 * seed
+            runs += [{**run("real", seed, base), "subset": subset}, {**run("syn", seed, base + 0.05), "subset": subset}]
+    paired = report.paired_differences(runs, "real", keys=("dice",))["syn"]["dice"]
+    assert paired["n"] == 4 and paired["mean"] == pytest.approx(0.05) and paired["std"] == pytest.approx(0, abs=1e-12)
+    spread = report.aggregate(runs)["syn"]["metrics"]["dice"]
+    assert spread["std"] > 0.1  # the unpaired spread holds the subset and seed variance the pairing removes
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -339,7 +357,7 @@ def test_bundle_end_to_end(data, tmp_path):
     assert len(list((out / "runs").glob("*.json"))) == 4
     table = (out / "results.md").read_text().splitlines()
     assert any(line.startswith("| real+synthetic | 1 | ") for line in table)
-    assert any("ΔDice vs real (paired)" in line for line in table)
+    assert any("ΔDice lesion vs real [95% CI]" in line and "Dice (all images)" in line for line in table)
     with Image.open(out / "results.png") as png:
         assert png.mode == "RGB" and png.size[0] >= 480
 

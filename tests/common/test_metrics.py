@@ -21,6 +21,7 @@ from common.fid import (
     compute_fid,
     fid_from_features,
     frechet_distance,
+    kid_from_features,
 )
 from common.metrics import alignment_dice, compare_statistics, pair_statistics, paired_image_metrics
 
@@ -119,6 +120,26 @@ def test_fid_from_features_self_zero_and_shift_adds_squared_norm():
     assert fid_from_features(feats, feats + 2 * shift) > fid_from_features(feats, feats + shift)
 
 
+def test_kid_is_the_unbiased_polynomial_mmd_and_grows_with_the_shift():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(40, 6)), rng.normal(size=(30, 6)) + 0.3
+    # brute force on the full sets (fewer than subset_size): mean over distinct pairs within, all pairs across
+    k = lambda x, y: (x @ y / 6 + 1) ** 3  # noqa: E731
+    within_a = np.mean([k(a[i], a[j]) for i in range(30) for j in range(30) if i != j])
+    size = 30  # both sets are cut to the smaller one's size, a subset of a drawn per repeat
+    kid, std = kid_from_features(a[:size], b, subset_size=size)
+    expected = within_a + np.mean([k(b[i], b[j]) for i in range(size) for j in range(size) if i != j])
+    expected -= 2 * np.mean([k(a[i], b[j]) for i in range(size) for j in range(size)])
+    assert kid == pytest.approx(expected, rel=1e-9) and std == 0.0
+    same = kid_from_features(rng.normal(size=(200, 6)), rng.normal(size=(200, 6)))[0]
+    assert abs(same) < 0.02  # unbiased: ~0 for one distribution, either sign
+    c = rng.normal(size=(300, 6))
+    near, far = kid_from_features(c, c[::-1] + 0.5, 100, 20)[0], kid_from_features(c, c[::-1] + 1.5, 100, 20)[0]
+    assert 0 < near < far
+    with pytest.raises(ValueError, match="KID"):
+        kid_from_features(a, np.zeros((5, 3)))
+
+
 def test_fid_from_features_needs_two_samples():
     with pytest.raises(InputError, match="N >= 2"):
         fid_from_features(np.zeros((1, 4)), np.zeros((5, 4)))
@@ -190,6 +211,9 @@ def test_reference_fid_matches_compute_fid_and_extracts_the_reference_once():
     assert calls == []  # nothing is extracted before the first score
     assert [score(near), score(far)] == pytest.approx(expected, rel=1e-9)
     assert sum(calls) == 24 * 3  # the reference once, each scored set once
+    both = score.scores(far)
+    assert both["fid"] == pytest.approx(expected[1], rel=1e-9) and both["kid"] > 0
+    assert (both["images"], both["reference_images"]) == (24, 24) and sum(calls) == 24 * 4
 
 
 def test_missing_inception_wheel_says_how_to_install(monkeypatch):

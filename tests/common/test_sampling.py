@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from common.diffusion import predict_x0
+from common.errors import InputError
 from common.schedulers import UniformDDIMScheduler, build_scheduler
 from tests.shared_data import bundle_module
 
@@ -323,6 +324,24 @@ def test_two_phase_classifier_guidance_pushes_towards_the_class():
     )
     torch.testing.assert_close(off, plain)
     assert (guided.mean(dim=(1, 2, 3)) > plain.mean(dim=(1, 2, 3)) + 0.05).all()
+
+
+def test_two_phase_guidance_leaves_the_mask_phase_alone_unless_asked():
+    """The authors' code guides the image phase only; guide_mask_phase adds log p(y1 = mask | x_t) to the mask phase."""
+    TwoPhaseSampler = bundle_module("diffuse_expand", "diffuse_expand").TwoPhaseSampler
+    scheduler = build_scheduler("ddim")
+
+    def oracle(x_t, timesteps, task, condition=None):
+        return torch.zeros_like(x_t)
+
+    noise = torch.randn(2, 1, 8, 8)
+    plain = TwoPhaseSampler(scheduler, 10).phase(oracle, noise, task=0)
+    default = TwoPhaseSampler(scheduler, 10, classifier=MeanClassifier(), classifier_scale=2.0).phase(oracle, noise, 0)
+    asked = TwoPhaseSampler(scheduler, 10, classifier=MeanClassifier(), classifier_scale=2.0, guide_mask_phase=True)
+    torch.testing.assert_close(default, plain)
+    assert (asked.phase(oracle, noise, 0).mean(dim=(1, 2, 3)) < plain.mean(dim=(1, 2, 3)) - 0.05).all()  # y1 = 0
+    with pytest.raises(InputError, match="guidance_loss"):
+        TwoPhaseSampler(scheduler, 10, guidance_loss="sum")
 
 
 def test_label_conditioned_sampler_cycles_label_maps_and_uses_the_learned_variance():

@@ -69,6 +69,8 @@ __all__ = [
     "NoisySegmenterLoss",
     "NoisySegmenterPrepareBatch",
     "bernoulli_log_likelihood",
+    "structure_log_likelihood",
+    "GUIDANCE_LOSSES",
     "TwoPhaseSampler",
     "guidance_classifier",
     "DECISIONS",
@@ -249,6 +251,31 @@ def bernoulli_log_likelihood(logits: torch.Tensor, target: torch.Tensor, tempera
     return -F.binary_cross_entropy_with_logits(scaled, target, reduction="none").flatten(1).sum(1)
 
 
+def structure_log_likelihood(
+    logits: torch.Tensor, target: torch.Tensor, temperature: float = 1.0, boundary_kernel: int = 31
+) -> torch.Tensor:
+    """Per-sample ``-(weighted BCE + weighted IoU)`` of the mask logits against ``target`` (N, 1, H, W) in [0, 1],
+    each AVERAGED over the image with boundary weights ``1 + 5 |avg_pool(target) - target|`` (PraNet's structure
+    loss): the guidance loss of the DiffuseExpand authors' code. Unlike :func:`bernoulli_log_likelihood`, which sums
+    over pixels (~H x W times stronger: 4096x at 64x64), its scale does not grow with the image size."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    scaled = logits / temperature
+    target = torch.as_tensor(target, dtype=scaled.dtype, device=scaled.device).expand_as(scaled)
+    pad = boundary_kernel // 2
+    weight = 1 + 5 * (F.avg_pool2d(target, boundary_kernel, stride=1, padding=pad) - target).abs()
+    bce = F.binary_cross_entropy_with_logits(scaled, target, reduction="none")
+    weighted_bce = (weight * bce).flatten(1).sum(1) / weight.flatten(1).sum(1)
+    probability = torch.sigmoid(scaled)
+    inter = (probability * target * weight).flatten(1).sum(1)
+    union = ((probability + target) * weight).flatten(1).sum(1)
+    weighted_iou = 1 - (inter + 1) / (union - inter + 1)
+    return -(weighted_bce + weighted_iou)
+
+
+GUIDANCE_LOSSES = {"structure": structure_log_likelihood, "pixel_sum": bernoulli_log_likelihood}
+
+
 class TwoPhaseSampler:
     """A mask from noise, then an image given that mask, with one task-conditioned model (DiffuseExpand Stage III).
 
@@ -257,8 +284,11 @@ class TwoPhaseSampler:
 
     * classifier-free: ``cfg_scale`` on the image phase (1 = the conditional model alone, one network call);
     * classifier guidance from a :class:`NoisySegmenter` with scale ``classifier_scale`` (s)
-      and temperature ``temperature`` (tau) on its logits (Lemma 3.3): the mask phase follows ``log p(y1 = mask |
-      x_t)``, the image phase ``log p(y1 = image | x_t) + log p(y2 = the mask | x_t)``, Bernoulli over pixels.
+      and temperature ``temperature`` (tau) on its logits (Lemma 3.3): the image phase follows ``log p(y1 = image |
+      x_t) + log p(y2 = the mask | x_t)``. ``guidance_loss`` says how the mask term is measured: ``"structure"``
+      (default, the authors' code: :func:`structure_log_likelihood`, averaged over the image) or ``"pixel_sum"``
+      (the paper's Bernoulli log-likelihood summed over pixels). ``guide_mask_phase``: also guide the mask phase
+      towards ``log p(y1 = mask | x_t)`` (the authors' code does not).
 
     Returns ``(mask, image)``: the mask binarised to {-1, 1} (it conditions the image phase that way, as in
     training), the image continuous.
@@ -272,7 +302,11 @@ class TwoPhaseSampler:
         classifier: Any = None,
         classifier_scale: float = 1.0,
         temperature: float = 1.0,
+        guidance_loss: str = "structure",
+        guide_mask_phase: bool = False,
     ) -> None:
+        if guidance_loss not in GUIDANCE_LOSSES:
+            raise InputError(f"'guidance_loss' must be one of {sorted(GUIDANCE_LOSSES)}, got {guidance_loss!r}.")
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}.")
         if temperature <= 0:
@@ -283,6 +317,8 @@ class TwoPhaseSampler:
         self.classifier = classifier
         self.classifier_scale = classifier_scale
         self.temperature = temperature
+        self.mask_term = GUIDANCE_LOSSES[guidance_loss]
+        self.guide_mask_phase = as_flag(guide_mask_phase, "guide_mask_phase")
 
     def log_likelihood(
         self, x_t: torch.Tensor, timesteps: torch.Tensor, task: int, condition: torch.Tensor | None
@@ -292,14 +328,14 @@ class TwoPhaseSampler:
         target = torch.full_like(task_logit, float(task))
         total = bernoulli_log_likelihood(task_logit[:, None], target[:, None], self.temperature)
         if condition is not None:
-            total = total + bernoulli_log_likelihood(logits, (condition > 0).to(logits.dtype), self.temperature)
+            total = total + self.mask_term(logits, (condition > 0).to(logits.dtype), self.temperature)
         return total
 
     def _guided(self, model, x_t, t_batch, task, condition, alpha_bar, kind) -> torch.Tensor:
         out = model(x_t, t_batch, task, condition)
         if condition is not None and self.cfg_scale != 1.0:
             out = classifier_free(out, model(x_t, t_batch, task, None), self.cfg_scale)
-        if self.classifier is None or self.classifier_scale == 0:
+        if self.classifier is None or self.classifier_scale == 0 or (condition is None and not self.guide_mask_phase):
             return out
         grad = log_likelihood_gradient(lambda x: self.log_likelihood(x, t_batch, task, condition), x_t)
         eps = apply_classifier_guidance(to_epsilon(x_t, out, alpha_bar, kind), grad, alpha_bar, self.classifier_scale)

@@ -29,6 +29,7 @@ def test_paper_overlay_matches_the_paper(tmp_path):
     assert p["image_size"] == 512 and p["num_train_timesteps"] == 1024
     scheduler = p.get_parsed_content("noise_scheduler")
     assert scheduler.clip_sample is False
+    assert p["estimate_transform"] == "none"  # Algorithm 2 as written: the raw x0 estimate conditions the image model
     torch.testing.assert_close(scheduler.betas[[0, -1]], torch.tensor([1e-4, 0.02]))
     net = p.get_parsed_content("network_def")
     # the authors' U-Net: ch 32, ch_mult (1,1,2,2,4,4), 2 res blocks, attention only at 16x16 (the 6th level of 512)
