@@ -10,7 +10,9 @@ segmenter see the same n real pairs, never val or test):
   2. generate 2n baseline pairs: PIG's image model fed the n REAL masks (configs/mask_conditioned.json);
   3. with --checkpoints: generate 4n pairs from the EMA weights of each earlier checkpoint too (time to a useful
      generator: those rows say how many CPU minutes of generator training the pairs need before they help);
-  4. train a MONAI UNet (common.evaluation) per condition x --seeds, tested on the test split.
+  4. train a MONAI UNet (common.evaluation) per condition x --seeds, tested on the test split;
+  5. score each set before any segmenter uses it (pair_quality.json): mask area, components, solidity, compactness,
+     image statistics against the real subset's, and the alignment Dice of the real-only segmenter.
 The table pools the subsets: every condition has seeds x subsets runs, compared with 'real' (and the augmentation
 rows with 'real+augment') run by run, matched by seed and subset, with a 95% interval; Dice over lesion images and
 over all images (both-empty = 1), and the share of empty-mask test images predicted empty.
@@ -129,6 +131,34 @@ def conditions(regime: int, folders: dict[str, Path], checkpoints: list[int]) ->
             "real": True, "augment": False, "synthetic": [early], "max_synthetic": 4 * regime}  # fmt: skip
         result[f"real+augment+PIG-2x-{iterations}it"] = {
             "real": True, "augment": True, "synthetic": [early], "max_synthetic": 2 * regime}  # fmt: skip
+    return result
+
+
+def pair_quality(regime: int, subset: int, work: Path, folders: dict[str, Path], args: argparse.Namespace) -> dict:
+    """What a set of pairs is worth before a segmenter trains on it: mask shape and image statistics beside the real
+    subset's, and the alignment Dice of the real-only segmenter (first seed) on the generated images against their
+    generated masks (the real pairs' own score beside it: what a perfect set would get)."""
+    out = work / "pair_quality.json"
+    if out.is_file():
+        return json.loads(out.read_text())
+    from common.data import load_dataset
+    from common.evaluation.segmenter import load_segmenter
+    from common.metrics import alignment_dice, pair_statistics
+    from common.writers import PairWriter
+
+    segmenter = load_segmenter(work / "evaluation" / "runs" / f"real__seed{args.seeds[0]}.pt")
+    real = load_dataset(args.dataset_dir, split="train", image_size=64, max_pairs=regime, seed=subset)
+    sets = {"real": ([p["image"] for p in real], [p["label"] for p in real])}
+    for name, folder in folders.items():
+        writer = PairWriter.existing(str(folder))
+        count = len(json.loads((folder / "datalist.json").read_text())["training"])
+        images, labels = zip(*(writer.read(i) for i in range(count)))
+        sets[name] = (list(images), list(labels))
+    result = {}
+    for name, (images, labels) in sets.items():
+        scores = {**pair_statistics(images, labels), **alignment_dice(segmenter, images, labels)}
+        result[name] = {k: None if v != v else v for k, v in scores.items()}  # NaN (undefined) -> null
+    out.write_text(json.dumps(result, indent=2))
     return result
 
 
@@ -260,7 +290,7 @@ def main() -> None:
     previous = json.loads(results_file.read_text()) if results_file.is_file() else {}
     regimes = dict(previous.get("regimes", {}))
     for regime in args.regimes:
-        per_subset, minutes = [], {}
+        per_subset, minutes, quality = [], {}, {}
         for subset in args.subsets:
             work = root / f"n{regime}" / f"subset{subset}"
             folders = generators(regime, subset, work, args)
@@ -274,12 +304,15 @@ def main() -> None:
                     max_pairs=regime,
                     subset_seed=subset,
                     baseline="real",
+                    save_models=True,
                 )
             )
+            quality[subset] = pair_quality(regime, subset, work, folders, args)
             scored = [*args.checkpoints, args.generator_iterations]
             minutes[subset] = {it: minutes_of_training(work, it) for it in scored}
         result = pooled(per_subset)
         result["generator_minutes"] = minutes
+        result["pair_quality"] = quality
         result["settings"] = {**vars(args), "regimes": [regime]}
         result["protocol"] = per_subset[0]["protocol"]
         result["runs"] = [{k: v for k, v in r.items() if k != "train_real_names"} for r in result["runs"]]

@@ -39,6 +39,7 @@ from common.errors import InputError
 __all__ = [
     "Images",
     "pair_statistics",
+    "mask_shape",
     "compare_statistics",
     "MS_SSIM_WEIGHTS",
     "paired_image_metrics",
@@ -62,10 +63,31 @@ MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def mask_shape(mask: np.ndarray) -> tuple[float, float]:
+    """(solidity, compactness) of a non-empty binary mask (H, W): foreground area over its convex hull's area (1 for a
+    convex outline, lower for ragged or scattered blobs), and ``4 pi area / perimeter^2`` (1 for a disc, lower for a
+    ragged boundary or an elongated shape; the perimeter counts pixel edges times pi/4, which is exact on average over
+    boundary orientations)."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    rows, cols = np.nonzero(mask)
+    area = float(len(rows))
+    corners = np.concatenate([np.stack([rows + dr, cols + dc], 1) for dr in (-0.5, 0.5) for dc in (-0.5, 0.5)])
+    try:
+        hull = ConvexHull(corners).volume  # in 2D, "volume" is the area
+    except QhullError:  # a single row or column of pixels: a degenerate hull
+        hull = area
+    padded = np.pad(mask.astype(bool), 1)
+    edges = np.count_nonzero(padded[1:] != padded[:-1]) + np.count_nonzero(padded[:, 1:] != padded[:, :-1])
+    perimeter = edges * np.pi / 4
+    return min(1.0, area / hull), float(4 * np.pi * area / perimeter**2)
+
+
 def pair_statistics(
     images: Sequence[np.ndarray] | np.ndarray, labels: Sequence[np.ndarray] | np.ndarray
 ) -> dict[str, float]:
-    """Mask area, empty-mask fraction, components per non-empty mask and image intensity stats of ``N`` pairs.
+    """Mask area, empty-mask fraction, components, solidity and compactness per non-empty mask (:func:`mask_shape`)
+    and image intensity stats of ``N`` pairs: what separates smooth convex real outlines from blobby generated ones.
 
     ``images`` in [-1, 1] and ``labels`` (class indices, foreground = label > 0), each (N, 1, H, W) or (N, H, W).
     """
@@ -77,6 +99,7 @@ def pair_statistics(
     areas = labels.reshape(len(labels), -1).mean(axis=1)
     non_empty = labels[areas > 0]
     components = [ndimage.label(m)[1] for m in non_empty]
+    shapes = np.array([mask_shape(m) for m in non_empty]) if len(non_empty) else np.zeros((0, 2))
     return {
         "pairs": float(len(images)),
         "mask_area_mean": float(areas.mean()),
@@ -84,6 +107,8 @@ def pair_statistics(
         "mask_area_median_nonempty": float(np.median(areas[areas > 0])) if len(non_empty) else 0.0,
         "empty_fraction": float((areas == 0).mean()),
         "components_mean_nonempty": float(np.mean(components)) if components else 0.0,
+        "solidity_mean_nonempty": float(shapes[:, 0].mean()) if len(shapes) else 0.0,
+        "compactness_mean_nonempty": float(shapes[:, 1].mean()) if len(shapes) else 0.0,
         "image_mean": float(images.mean()),
         "image_std": float(images.std()),
         "image_std_within_mean": float(images.std(axis=1).mean()),

@@ -23,7 +23,7 @@ from common.fid import (
     frechet_distance,
     kid_from_features,
 )
-from common.metrics import alignment_dice, compare_statistics, pair_statistics, paired_image_metrics
+from common.metrics import alignment_dice, compare_statistics, mask_shape, pair_statistics, paired_image_metrics
 
 # Near-singular covariances (fewer samples than feature dims, dead ReLU features) are expected in these small tests.
 singular_ok = pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")
@@ -46,6 +46,21 @@ def test_pair_statistics_known_values():
     assert stats["image_mean"] == pytest.approx(0.0)
     assert stats["image_std"] == pytest.approx(np.sqrt(0.5))
     assert stats["image_std_within_mean"] == pytest.approx(0.0)
+    # the 5x10 rectangle is convex (solidity 1); two opposite corner pixels span a hexagon of 100 - 81 = 19 pixels
+    assert stats["solidity_mean_nonempty"] == pytest.approx((1.0 + 2 / 19) / 2)
+
+
+def test_mask_shape_separates_a_smooth_disc_from_a_ragged_blob():
+    yy, xx = np.mgrid[:64, :64]
+    disc = (yy - 32) ** 2 + (xx - 32) ** 2 < 20**2
+    solidity, compactness = mask_shape(disc)
+    assert solidity > 0.97 and compactness == pytest.approx(1.0, abs=0.1)
+    ragged = disc & ~((yy % 6 < 2) & (xx % 5 < 2) & ((yy - 32) ** 2 + (xx - 32) ** 2 > 14**2))  # notched outline
+    angle = np.arctan2(yy - 32, xx - 32)
+    star = (yy - 32) ** 2 + (xx - 32) ** 2 < (14 + 6 * np.sin(7 * angle)) ** 2  # a blob with seven lobes
+    assert mask_shape(star)[0] < solidity - 0.1 and mask_shape(star)[1] < compactness - 0.2
+    assert mask_shape(ragged)[1] < compactness
+    assert mask_shape(np.eye(8, dtype=bool)[:1])[0] == 1.0  # a single row: a degenerate hull
 
 
 def test_pair_statistics_rejects_mismatched_counts():
