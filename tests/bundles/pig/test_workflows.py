@@ -67,6 +67,23 @@ def test_inference_writes_binary_pairs_datalist_and_preview(trained):
     assert all(os.path.isfile(d["image"]) and os.path.isfile(d["label"]) for d in loaded)
 
 
+def test_the_shared_dice_filter_runs_on_pigs_pairs(trained):
+    """configs/filter.json (common.filtering, DiffuseExpand's Stage IV) on PIG's output: a report for every pair and a
+    folder of the kept ones."""
+    generated, filtered = trained / "gen_for_filter", trained / "filtered"
+    result = run_stage("inference.json", "--ckpt_dir", str(trained / "models"), "--output_dir", str(generated))
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_stage(
+        "filter.json", "--generated_dir", str(generated), "--output_dir", str(filtered), "--eta", "0.99",
+        "--filter_segmenter_path", str(trained / "filter_segmenter.pt"), "--filter_iterations", "3",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((filtered / "filter_report.json").read_text())
+    assert report["total"] == 5 and report["kept"] + report["dropped"] == 5 and len(report["pairs"]) == 5
+    if report["kept"]:
+        assert len(json.loads((filtered / "datalist.json").read_text())["training"]) == report["kept"]
+
+
 def test_same_seed_same_pairs_and_resume_writes_only_missing(trained):
     a, b = trained / "gen_seed_a", trained / "gen_seed_b"
     for out in (a, b):

@@ -1,4 +1,5 @@
-"""Stage IV of DiffuseExpand: the Dice filter keeps exactly the pairs under eta, and writes its folder whole."""
+"""The Dice filter (DiffuseExpand's Stage IV, shared by every bundle): it keeps exactly the pairs under eta, and writes
+its folder whole."""
 
 from __future__ import annotations
 
@@ -10,15 +11,13 @@ import torch
 from torch import nn
 
 from common.errors import InputError
+from common.filtering import filter_decisions, filter_pairs, hard_dice_loss
 from common.writers import PairWriter
 from tests.shared_data import bundle_module
 
-DIFFUSE_EXPAND = bundle_module("diffuse_expand", "diffuse_expand")
-filter_decisions, filter_pairs, hard_dice_loss = (
-    DIFFUSE_EXPAND.filter_decisions,
-    DIFFUSE_EXPAND.filter_pairs,
-    DIFFUSE_EXPAND.hard_dice_loss,
-)
+
+def test_diffuse_expand_stage_iv_is_the_shared_filter():
+    assert bundle_module("diffuse_expand", "diffuse_expand").filter_pairs is filter_pairs
 
 
 class ThresholdSegmenter(nn.Module):
