@@ -12,7 +12,7 @@ NCCL on GPUs, gloo on CPU.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -100,14 +100,24 @@ def draw_global(draw: Callable[[int], Any], local_batch: int) -> Any:
 
 
 class GlobalBatchSampler(Sampler[int]):
-    """Indices drawn uniformly with replacement for ``iterations`` global batches of ``batch_size * world_size``;
-    this rank yields positions ``rank::world_size`` of the global stream, so its k-th batch of ``batch_size`` is its
-    share of global batch k (the DDP counterpart of ``RandomSampler(replacement=True)``). Every epoch draws anew from
-    the seeded generator."""
+    """Indices drawn uniformly (or in proportion to ``weights``) with replacement for ``iterations`` global batches
+    of ``batch_size * world_size``; this rank yields positions ``rank::world_size`` of the global stream, so its k-th
+    batch of ``batch_size`` is its share of global batch k (the DDP counterpart of ``RandomSampler(replacement=True)``).
+    Every epoch draws anew from the seeded generator."""
 
-    def __init__(self, dataset_size: int, batch_size: int, iterations: int, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        dataset_size: int,
+        batch_size: int,
+        iterations: int,
+        seed: int | None = None,
+        weights: Sequence[float] | None = None,
+    ) -> None:
         if dataset_size < 1:
             raise ValueError("the training dataset is empty.")
+        if weights is not None and (len(weights) != dataset_size or min(weights) < 0 or not sum(weights) > 0):
+            raise ValueError(f"'weights' must be {dataset_size} non-negative numbers with a positive sum.")
+        self.weights = torch.as_tensor(weights, dtype=torch.float64) if weights is not None else None
         self.dataset_size = dataset_size
         self.batch_size = batch_size
         self.iterations = iterations
@@ -119,5 +129,8 @@ class GlobalBatchSampler(Sampler[int]):
     def __iter__(self):
         world = world_size()
         total = self.batch_size * world * self.iterations
-        stream = torch.randint(self.dataset_size, (total,), generator=self.generator)
+        if self.weights is None:
+            stream = torch.randint(self.dataset_size, (total,), generator=self.generator)
+        else:  # item i drawn with probability weights[i] / sum(weights)
+            stream = torch.multinomial(self.weights, total, replacement=True, generator=self.generator)
         return iter(stream[rank() :: world].tolist())

@@ -86,14 +86,21 @@ def training_items(pairs: Sequence[Mapping[str, Any]], extra_keys: Sequence[str]
 
 
 def iteration_loader(
-    dataset, batch_size: int, iterations_per_epoch: int, num_workers: int = 0, seed: int | None = None, **kwargs: Any
+    dataset,
+    batch_size: int,
+    iterations_per_epoch: int,
+    num_workers: int = 0,
+    seed: int | None = None,
+    weights: Sequence[float] | None = None,
+    **kwargs: Any,
 ) -> DataLoader:
-    """A DataLoader whose epoch is exactly ``iterations_per_epoch`` batches, drawn with replacement.
+    """A DataLoader whose epoch is exactly ``iterations_per_epoch`` batches, drawn with replacement (uniformly, or in
+    proportion to per-item ``weights``).
 
     ``batch_size`` is per process: under ``torchrun`` with N processes each step trains on a global batch of
     ``N * batch_size`` drawn from one seeded stream (:class:`common.distributed.GlobalBatchSampler`).
     """
     if batch_size < 1 or iterations_per_epoch < 1:
         raise ValueError(f"batch_size and iterations_per_epoch must be >= 1, got {batch_size}, {iterations_per_epoch}.")
-    sampler = GlobalBatchSampler(len(dataset), batch_size, iterations_per_epoch, seed=seed)
+    sampler = GlobalBatchSampler(len(dataset), batch_size, iterations_per_epoch, seed=seed, weights=weights)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, **kwargs)

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 from monai.data import Dataset
+from torch.utils.data import ConcatDataset
 
 from common.data import load_dataset, subset_indices
 from common.errors import InputError
@@ -38,7 +39,7 @@ __all__ = [
     "merge_training_pairs",
 ]
 
-_CONDITION_KEYS = {"real", "synthetic", "augment", "max_synthetic"}
+_CONDITION_KEYS = {"real", "synthetic", "augment", "max_synthetic", "synthetic_share", "augment_synthetic"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -52,6 +53,7 @@ class TrainingSetup:
     prepare_batch: Any = None
     inferer: Any = None
     notes: dict[str, Any] = field(default_factory=dict)
+    sample_weights: list[float] | None = None  # per dataset item: how often batches draw it (None: uniformly)
 
 
 class TrainingCondition(abc.ABC):
@@ -126,6 +128,9 @@ class PairsCondition(TrainingCondition):
         augment: False, True (conventional augmentation, :func:`common.evaluation.segmenter.augmentation`) or a
             function ``image_keys -> MONAI transforms`` whose ``name`` says what it is.
         max_synthetic: a seeded subset of at most this many pairs per synthetic folder.
+        synthetic_share: the expected share of synthetic pairs in a batch (e.g. 0.25), whatever their share of the
+            pool; None: draw the pool uniformly (the share is then the pool's).
+        augment_synthetic: with ``augment``, augment the synthetic pairs too (default) or the real ones only.
         image_size, num_classes: how the synthetic pairs are loaded (the protocol sets them).
         subset_seed: the seed of the ``max_synthetic`` subset.
     """
@@ -139,6 +144,8 @@ class PairsCondition(TrainingCondition):
         image_size: int = 64,
         num_classes: int = 2,
         subset_seed: int = 0,
+        synthetic_share: float | None = None,
+        augment_synthetic: bool = True,
     ) -> None:
         if not isinstance(real, bool):
             raise InputError(f"'real' must be true or false, got {real!r}.")
@@ -150,6 +157,18 @@ class PairsCondition(TrainingCondition):
             isinstance(max_synthetic, bool) or not isinstance(max_synthetic, (int, np.integer)) or max_synthetic < 1
         ):
             raise InputError(f"'max_synthetic' must be a positive integer or null, got {max_synthetic!r}.")
+        if synthetic_share is not None and (
+            isinstance(synthetic_share, bool)
+            or not isinstance(synthetic_share, (int, float))
+            or not 0 < synthetic_share < 1
+            or not real
+        ):
+            raise InputError(
+                "'synthetic_share' must be a number strictly between 0 and 1 (with real pairs), "
+                f"got {synthetic_share!r}."
+            )
+        if not isinstance(augment_synthetic, bool):
+            raise InputError(f"'augment_synthetic' must be true or false, got {augment_synthetic!r}.")
         synthetic = [synthetic] if isinstance(synthetic, (str, os.PathLike)) else list(synthetic or [])
         for entry in synthetic:
             if not isinstance(entry, (str, os.PathLike)):
@@ -163,6 +182,8 @@ class PairsCondition(TrainingCondition):
             "augmentation" if augment is True else getattr(augment, "name", None) or getattr(augment, "__name__", None)
         )
         self.max_synthetic = max_synthetic
+        self.synthetic_share = None if synthetic_share is None else float(synthetic_share)
+        self.augment_synthetic = augment_synthetic
         self.image_size, self.num_classes, self.subset_seed = image_size, num_classes, subset_seed
         self._loaded: dict[str, list[dict]] = {}
 
@@ -184,23 +205,32 @@ class PairsCondition(TrainingCondition):
                 synthetic=spec.get("synthetic") or [],
                 augment=augment,
                 max_synthetic=spec.get("max_synthetic"),
+                synthetic_share=spec.get("synthetic_share"),
+                augment_synthetic=spec.get("augment_synthetic", True),
                 **protocol,
             )
         except InputError as exc:
             raise InputError(f"condition '{name}': {exc}") from exc
 
     def settings(self) -> dict[str, Any]:
-        return {
+        settings = {
             "real": self.uses_real,
             "synthetic": self.folders,
             "augment": self.augment if isinstance(self.augment, bool) else self.augment_name,
             "max_synthetic": self.max_synthetic,
         }
+        if self.synthetic_share is not None:  # only when set: run files made before these levers stay valid
+            settings["synthetic_share"] = self.synthetic_share
+        if not self.augment_synthetic:
+            settings["augment_synthetic"] = False
+        return settings
 
     def describe(self) -> str:
         parts = ["real" if self.uses_real else "no real"] + ([self.augment_name] if self.augment else [])
         limit = f" (≤ {self.max_synthetic})" if self.max_synthetic else ""
-        return ", ".join(parts + [f"synthetic `{s}`{limit}" for s in self.folders])
+        levers = [f"{self.synthetic_share:g} of each batch synthetic"] if self.synthetic_share is not None else []
+        levers += ["synthetic pairs not augmented"] if self.augment and not self.augment_synthetic else []
+        return ", ".join(parts + [f"synthetic `{s}`{limit}" for s in self.folders] + levers)
 
     def check(self, folds: int | None, splits: Sequence[tuple[int | None, list, list]]) -> None:
         for entry in self.folders:
@@ -221,7 +251,16 @@ class PairsCondition(TrainingCondition):
             synthetic.append(self._loaded[folder])
         pool = merge_training_pairs(train_real, synthetic, self.uses_real, self.max_synthetic, self.subset_seed)
         real = len(train_real) if self.uses_real else 0
-        return TrainingSetup(training_dataset(pool, self.augment, seed), real, len(pool) - real)
+        if self.augment and not self.augment_synthetic and len(pool) > real:
+            parts = [training_dataset(pool[:real], self.augment, seed), training_dataset(pool[real:], False, seed)]
+            dataset = ConcatDataset(parts)  # the pool's order: real items first
+        else:
+            dataset = training_dataset(pool, self.augment, seed)
+        weights = None
+        if self.synthetic_share is not None and 0 < real < len(pool):
+            share, count = self.synthetic_share, len(pool) - real
+            weights = [(1 - share) / real] * real + [share / count] * count
+        return TrainingSetup(dataset, real, len(pool) - real, sample_weights=weights)
 
 
 def as_conditions(

@@ -302,6 +302,7 @@ def run_segmentation_evaluation(
             dataset=training.dataset,
             prepare_batch=training.prepare_batch,
             inferer=training.inferer,
+            sample_weights=training.sample_weights,
         )
         per_image = evaluate_segmenter(model, test_real, num_classes, eval_batch_size, device)
         metrics = summarise_images(per_image, num_classes)

@@ -236,8 +236,10 @@ def train_segmenter(
     prepare_batch: Any = None,
     inferer: Any = None,
     dataset: Dataset | None = None,
+    sample_weights: Sequence[float] | None = None,
 ) -> dict[str, float]:
-    """Train ``model`` in place for exactly ``iterations`` Adam steps of DiceCE on batches drawn with replacement.
+    """Train ``model`` in place for exactly ``iterations`` Adam steps of DiceCE on batches drawn with replacement
+    (uniformly, or in proportion to ``sample_weights``, one per item).
 
     ``pairs`` are the training pairs, transformed by ``augment`` (:func:`training_dataset`); a condition that needs
     more (DiffBoost's patch mixing) passes its own ``dataset``, ``prepare_batch`` and ``inferer`` instead.
@@ -256,7 +258,7 @@ def train_segmenter(
     model = model.to(device).train()
     if dataset is None:
         dataset = training_dataset(pairs, augment, seed)
-    loader = iteration_loader(dataset, batch_size, int(iterations), seed=seed)
+    loader = iteration_loader(dataset, batch_size, int(iterations), seed=seed, weights=sample_weights)
     trainer = SupervisedTrainer(
         device=device,
         max_epochs=1,

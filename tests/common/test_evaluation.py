@@ -147,6 +147,35 @@ def test_merging_real_and_synthetic_gives_expected_counts(data):
     assert len(conditions.merge_training_pairs(real, [])) == 8
 
 
+def test_synthetic_share_and_unaugmented_synthetic_pairs(data):
+    """The levers of a synthetic condition: a fixed synthetic share per batch whatever the pool sizes, and the
+    conventional augmentation applied to the real pairs only."""
+    from common.training import iteration_loader
+
+    real = load_dataset(data["real"], split="train", image_size=32)
+    folder = str(data["syn_a"])
+    quarter = conditions.PairsCondition(synthetic=[folder], synthetic_share=0.25, image_size=32)
+    setup = quarter.setup(real, None, seed=0)
+    assert (setup.real_pairs, setup.synthetic_pairs) == (8, 5) and len(setup.sample_weights) == 13
+    loader = iteration_loader(setup.dataset, 4, 500, seed=0, weights=setup.sample_weights)
+    drawn = torch.tensor(list(loader.sampler))
+    assert (drawn >= 8).float().mean() == pytest.approx(0.25, abs=0.03)  # 5 of 13 in the pool, a quarter drawn
+    assert quarter.settings()["synthetic_share"] == 0.25 and "0.25 of each batch synthetic" in quarter.describe()
+    assert "synthetic_share" not in conditions.PairsCondition(synthetic=[folder]).settings()  # old run files match
+
+    plain = conditions.PairsCondition(synthetic=[folder], augment=True, augment_synthetic=False, image_size=32)
+    dataset = plain.setup(real, None, seed=0).dataset
+    synthetic = conditions.load_synthetic(folder, 32, 2)
+    for k in range(5):  # the synthetic items come back exactly as loaded
+        np.testing.assert_array_equal(np.asarray(dataset[8 + k]["image"]), synthetic[k]["image"])
+    assert any(not np.array_equal(np.asarray(dataset[i]["image"]), real[i]["image"]) for i in range(8))
+    assert "synthetic pairs not augmented" in plain.describe()
+    with pytest.raises(InputError, match="synthetic_share"):
+        conditions.PairsCondition(synthetic=[folder], synthetic_share=1.0)
+    with pytest.raises(InputError, match="augment_synthetic"):
+        conditions.as_conditions({"x": {"synthetic": [folder], "augment_synthetic": "no"}})
+
+
 def test_kfold_splits_partition_without_overlap():
     pairs = [{"name": f"p{i}", "source": f"/d/p{i}.png", "slice": None} for i in range(10)]
     splits = protocol.kfold_splits(pairs, 3, seed=0)
