@@ -10,7 +10,9 @@ segmenter see the same n real pairs, never val or test):
   2. generate 2n baseline pairs: PIG's image model fed the n REAL masks (configs/mask_conditioned.json);
   3. with --checkpoints: generate 4n pairs from the EMA weights of each earlier checkpoint too (time to a useful
      generator: those rows say how many CPU minutes of generator training the pairs need before they help);
-  4. train a MONAI UNet (common.evaluation) per condition x --seeds, tested on the test split;
+  4. train a MONAI UNet (common.evaluation) per condition x --seeds, tested on the test split; besides the paper's
+     rows, two levers on real + augmentation + PIG 2x: a quarter of each batch synthetic ('share25'), and the
+     synthetic pairs left unaugmented ('noaugsyn');
   5. score each set before any segmenter uses it (pair_quality.json): mask area, components, solidity, compactness,
      image statistics against the real subset's, and the alignment Dice of the real-only segmenter.
 The table pools the subsets: every condition has seeds x subsets runs, compared with 'real' (and the augmentation
@@ -125,6 +127,10 @@ def conditions(regime: int, folders: dict[str, Path], checkpoints: list[int]) ->
         "real+maskcond-2x": {"real": True, "augment": False, "synthetic": [masked], "max_synthetic": 2 * regime},
         "real+augment+PIG-2x": {"real": True, "augment": True, "synthetic": [pig], "max_synthetic": 2 * regime},
     }
+    # issue 27's levers on aug + PIG 2x: a fixed quarter of each batch synthetic, and the synthetic pairs not augmented
+    both = {"real": True, "augment": True, "synthetic": [pig], "max_synthetic": 2 * regime}
+    result["real+augment+PIG-2x-share25"] = {**both, "synthetic_share": 0.25}
+    result["real+augment+PIG-2x-noaugsyn"] = {**both, "augment_synthetic": False}
     for iterations in checkpoints:
         early = str(folders[f"pig_{iterations}it"])
         result[f"real+PIG-4x-{iterations}it"] = {

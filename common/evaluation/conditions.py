@@ -119,6 +119,11 @@ def merge_training_pairs(
     return pool
 
 
+def _no_augmentation(image_keys: Sequence[str]) -> list:
+    """An augmentation of no transforms: items typed as augmented ones (tensors), so the two collate together."""
+    return []
+
+
 class PairsCondition(TrainingCondition):
     """Real pairs and/or synthetic PairWriter folders, optionally augmented on the fly.
 
@@ -252,8 +257,8 @@ class PairsCondition(TrainingCondition):
         pool = merge_training_pairs(train_real, synthetic, self.uses_real, self.max_synthetic, self.subset_seed)
         real = len(train_real) if self.uses_real else 0
         if self.augment and not self.augment_synthetic and len(pool) > real:
-            parts = [training_dataset(pool[:real], self.augment, seed), training_dataset(pool[real:], False, seed)]
-            dataset = ConcatDataset(parts)  # the pool's order: real items first
+            unchanged = training_dataset(pool[real:], _no_augmentation, seed)  # typed like the augmented items
+            dataset = ConcatDataset([training_dataset(pool[:real], self.augment, seed), unchanged])  # real first
         else:
             dataset = training_dataset(pool, self.augment, seed)
         weights = None

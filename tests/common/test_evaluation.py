@@ -170,6 +170,8 @@ def test_synthetic_share_and_unaugmented_synthetic_pairs(data):
         np.testing.assert_array_equal(np.asarray(dataset[8 + k]["image"]), synthetic[k]["image"])
     assert any(not np.array_equal(np.asarray(dataset[i]["image"]), real[i]["image"]) for i in range(8))
     assert "synthetic pairs not augmented" in plain.describe()
+    batch = next(iter(iteration_loader(dataset, 13, 1, seed=0)))  # real and synthetic items collate together
+    assert batch["image"].shape == (13, 1, 32, 32)
     with pytest.raises(InputError, match="synthetic_share"):
         conditions.PairsCondition(synthetic=[folder], synthetic_share=1.0)
     with pytest.raises(InputError, match="augment_synthetic"):
