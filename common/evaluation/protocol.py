@@ -26,7 +26,7 @@ from monai.data import partition_dataset
 from common.data import load_dataset, subset_indices
 from common.errors import InputError
 from common.evaluation.conditions import TrainingCondition, as_conditions
-from common.evaluation.report import aggregate, paired_differences, save_bar_chart, write_markdown
+from common.evaluation.report import aggregate, go_no_go, paired_differences, save_bar_chart, write_markdown
 from common.evaluation.scores import CONVENTIONS, evaluate_segmenter, summarise_images
 from common.evaluation.segmenter import DEFAULTS, build_segmenter, network_key, save_segmenter, train_segmenter
 from common.writers import atomic_write_bytes
@@ -157,6 +157,7 @@ def run_segmentation_evaluation(
     baseline: str | None = None,
     save_models: bool = False,
     eval_batch_size: int = DEFAULTS["eval_batch_size"],
+    decision: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Train and score a segmenter per (condition, seed, fold); write ``runs/*.json`` then results.json/.md/.png.
 
@@ -169,7 +170,9 @@ def run_segmentation_evaluation(
     "synthetic": [PairWriter folders, '{fold}' formatted per fold], "augment": bool, "max_synthetic": int | None}``
     read as a :class:`~common.evaluation.conditions.PairsCondition`. Finished runs under
     ``output_dir/runs`` are reused, so a killed evaluation resumes; ``save_models`` also keeps each trained segmenter
-    as ``runs/<run>.pt``.
+    as ``runs/<run>.pt``. ``decision``: ``[candidate, reference]`` conditions (e.g. real + augmentation + synthetic
+    against real + augmentation) for a go / no-go on the synthetic pairs (:func:`common.evaluation.report.go_no_go`),
+    written first in results.md and as ``go_no_go`` in results.json.
     """
     seeds = [seeds] if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool) else list(seeds or [])
     if not seeds or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in seeds):
@@ -188,6 +191,12 @@ def run_segmentation_evaluation(
     baseline = baseline if baseline is not None else ("real" if "real" in conditions else next(iter(conditions)))
     if baseline not in conditions:
         raise InputError(f"'baseline' '{baseline}' is not one of the conditions ({', '.join(conditions)}).")
+    if decision is not None:
+        if isinstance(decision, str) or len(decision) != 2 or any(name not in conditions for name in decision):
+            raise InputError(
+                f"'decision' must name two of the conditions ({', '.join(conditions)}) as [candidate, reference], "
+                f"got {decision!r}."
+            )
     device = torch.device(device)
     source = str(real.get("datalist") or real.get("dataset_dir"))
 
@@ -353,6 +362,9 @@ def run_segmentation_evaluation(
             "conventions": CONVENTIONS,
             "aggregate": aggregate(summary_runs),
             "paired_vs_baseline": paired_differences(summary_runs, baseline),
+            "go_no_go": go_no_go(summary_runs, *decision, split=str(test_split if folds is None else "folds"))
+            if decision
+            else None,
             "runs": summary_runs,
         }
     )
@@ -360,6 +372,8 @@ def run_segmentation_evaluation(
     save_bar_chart(output_dir / "results.png", results["aggregate"], baseline)
     write_markdown(output_dir / "results.md", results)
     atomic_write_bytes(output_dir / "results.json", (json.dumps(results, indent=2) + "\n").encode("utf-8"))
+    if results["go_no_go"]:
+        logger.info("go / no-go: %s", results["go_no_go"]["sentence"])
     logger.info(
         "segmentation evaluation: %d run(s) trained, %d reused; results in %s.",
         trained,

@@ -19,7 +19,7 @@ from scipy import stats as scipy_stats
 from common.evaluation.scores import ALL_IMAGES, DISTANCES, METRICS
 from common.writers import atomic_path, atomic_write_bytes
 
-__all__ = ["PAIRED", "aggregate", "paired_differences", "write_markdown", "save_bar_chart"]
+__all__ = ["PAIRED", "aggregate", "paired_differences", "go_no_go", "write_markdown", "save_bar_chart"]
 
 
 def _stats(values: Sequence[float | None]) -> dict[str, Any]:
@@ -94,6 +94,40 @@ def paired_differences(
     return result
 
 
+def go_no_go(
+    runs: Sequence[Mapping[str, Any]], candidate: str, reference: str, split: str, key: str = "dice_all"
+) -> dict[str, Any]:
+    """Should the synthetic pairs be used? ``candidate`` (e.g. real + augmentation + synthetic) against ``reference``
+    (real + augmentation), run by run (:func:`paired_differences`), on ``key`` (Dice over all images by default: it
+    charges false positives on normal images). Use them only when the 95% interval of the paired difference lies
+    above 0; below 0, do not; spanning 0, the gain is not shown, so do not rely on them."""
+    paired = paired_differences(runs, reference, keys=(key, "dice")).get(candidate)
+    if paired is None:
+        raise ValueError(f"no runs of '{candidate}' paired with '{reference}'.")
+    stats, lesion = paired[key], paired["dice"]
+    where = f"on split '{split}'" + (" (decide on a validation split: --test_split val)" if split == "test" else "")
+    if stats["n"] < 2 or stats["ci95"] is None:
+        decision, sentence = "undecided", f"{stats['n']} paired run(s): no interval; run more seeds before deciding."
+    else:
+        low, high = stats["ci95"]
+        delta = f"{stats['mean']:+.3f} {key} [95% CI {low:+.3f}, {high:+.3f}] over {stats['n']} paired runs"
+        if low > 0:
+            decision, sentence = "use", f"Use them: {candidate} beats {reference} {where} by {delta}."
+        elif high < 0:
+            decision = "do not use"
+            sentence = f"Do not use them: {candidate} is worse than {reference} {where}: {delta}."
+        else:
+            decision = "no gain shown"
+            sentence = (
+                f"No gain shown: {candidate} vs {reference} {where}: {delta}; the interval spans 0, so do not rely on "
+                "the synthetic pairs for this dataset (more seeds narrow the interval)."
+            )
+    return {
+        "candidate": candidate, "reference": reference, "split": split, "metric": key, "decision": decision,
+        "sentence": sentence, "delta": stats, "delta_lesion_dice": lesion,
+    }  # fmt: skip
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # files
 # --------------------------------------------------------------------------------------------------------------------
@@ -163,9 +197,10 @@ def write_markdown(path: str | os.PathLike, results: Mapping[str, Any]) -> None:
     )
     pairs = f"at most {protocol['max_pairs']}" if protocol["max_pairs"] else "all"
     source = protocol["real"].get("datalist") or protocol["real"].get("dataset_dir")
-    lines = [
-        "# Downstream segmentation evaluation",
-        "",
+    lines = ["# Downstream segmentation evaluation", ""]
+    if results.get("go_no_go"):
+        lines += [f"**Decision: {results['go_no_go']['decision']}.** {results['go_no_go']['sentence']}", ""]
+    lines += [
         f"{protocol['network']} segmenter, {protocol['image_size']}² images, {protocol['num_classes']} classes, "
         f"{protocol['iterations']} iterations of batch {protocol['batch_size']} (Adam lr {protocol['lr']}, DiceCE); "
         f"{pairs} real training pairs (subset seed {protocol['subset_seed']}); {split}; "

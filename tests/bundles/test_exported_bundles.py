@@ -123,12 +123,15 @@ def test_pig_runs_outside_the_repository(exported, library, real_pairs):
     generated = bundle / "outputs" / "generated"
     assert len(json.loads((generated / "datalist.json").read_text())["training"]) == 2
     assert (bundle / "models" / "model.pt").is_file() and (generated / "preview" / "pairs.png").is_file()
-    assert list(evaluate(bundle, library, real_pairs)["aggregate"]) == [
+    results = evaluate(bundle, library, real_pairs)
+    assert list(results["aggregate"]) == [
         "real",
         "real+augment",
         "real+synthetic",
+        "real+augment+synthetic",
         "synthetic-only",
     ]
+    assert results["go_no_go"]["decision"] == "undecided"  # one seed: no interval, no decision
 
 
 def test_diffuse_expand_runs_outside_the_repository(exported, library, real_pairs):

@@ -130,6 +130,28 @@ def test_paired_differences_match_seed_and_training_subset():
     assert spread["std"] > 0.1  # the unpaired spread holds the subset and seed variance the pairing removes
 
 
+def test_go_no_go_uses_the_interval_of_the_paired_difference():
+    def runs(deltas):
+        out = []
+        for seed, delta in enumerate(deltas):
+            for name, value in (
+                ("real+augment", 0.5 + 0.05 * seed),
+                ("real+augment+synthetic", 0.5 + 0.05 * seed + delta),
+            ):
+                out.append(
+                    {"condition": name, "seed": seed, "fold": None, "metrics": {"dice": value, "dice_all": value}}
+                )
+        return out
+
+    use = report.go_no_go(runs([0.03, 0.04, 0.05]), "real+augment+synthetic", "real+augment", "val")
+    assert use["decision"] == "use" and use["sentence"].startswith("Use them") and use["delta"]["ci95"][0] > 0
+    worse = report.go_no_go(runs([-0.03, -0.04, -0.05]), "real+augment+synthetic", "real+augment", "val")
+    assert worse["decision"] == "do not use"
+    unclear = report.go_no_go(runs([0.05, -0.04, 0.01]), "real+augment+synthetic", "real+augment", "test")
+    assert unclear["decision"] == "no gain shown" and "--test_split val" in unclear["sentence"]
+    assert report.go_no_go(runs([0.05]), "real+augment+synthetic", "real+augment", "val")["decision"] == "undecided"
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # data pools and splits
 # --------------------------------------------------------------------------------------------------------------------
@@ -377,16 +399,19 @@ def test_bundle_end_to_end(data, tmp_path):
     result = bundle("--dataset_dir", str(data["real"]), "--synthetic_dirs", synthetic, "--output_dir", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
-    assert list(results["aggregate"]) == ["real", "real+augment", "real+synthetic", "synthetic-only"]
+    assert list(results["aggregate"]) == [
+        "real", "real+augment", "real+synthetic", "real+augment+synthetic", "synthetic-only"]  # fmt: skip
     assert [(r["train_pairs_real"], r["train_pairs_synthetic"]) for r in results["runs"]] == [
         (8, 0),
         (8, 0),
         (8, 8),
+        (8, 8),
         (0, 8),
     ]
     assert results["protocol"]["iterations"] == 3 and results["protocol"]["image_size"] == 32
-    assert len(list((out / "runs").glob("*.json"))) == 4
+    assert len(list((out / "runs").glob("*.json"))) == 5
     table = (out / "results.md").read_text().splitlines()
+    assert table[2].startswith("**Decision: undecided.**")  # the go / no-go first: one seed gives no interval
     assert any(line.startswith("| real+synthetic | 1 | ") for line in table)
     assert any("ΔDice lesion vs real [95% CI]" in line and "Dice (all images)" in line for line in table)
     with Image.open(out / "results.png") as png:
