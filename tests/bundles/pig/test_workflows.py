@@ -190,6 +190,34 @@ def test_unconditional_baseline_trains_and_samples_images(tmp_path):
     assert (tmp_path / "train" / "previews" / "epoch_0002.png").is_file()
 
 
+def test_controlnet_baseline_trains_on_the_frozen_image_model_and_samples_for_real_masks(tmp_path):
+    """Table 2's ControlNet: the unconditional model first, then a ControlNet on the mask with that model frozen (its
+    weights stay bit-identical), then images for the real training masks through mask_conditioned.json."""
+    import torch
+
+    from common.data import load_dataset
+
+    models = tmp_path / "models_unconditional"
+    stages = [
+        (["train.json", "unconditional.json"], "--ckpt_dir", str(models)),
+        (["train.json", "controlnet.json"], "--ckpt_dir", str(tmp_path / "models_controlnet"),
+         "--image_model_weights", str(models / "model.pt")),
+        (["inference.json", "mask_conditioned.json"], "--ckpt_dir", str(tmp_path / "models_controlnet"),
+         "--output_dir", str(tmp_path / "gen"), "--num_pairs", "4", "--num_synthetic", "8"),
+    ]  # fmt: skip
+    for configs, *overrides in stages:
+        result = run_overlay(configs, "--output_dir", str(tmp_path / "out"), *overrides)
+        assert result.returncode == 0, f"{configs}: {result.stderr[-3000:]}"
+    frozen = torch.load(models / "model.pt", weights_only=True)
+    trained = torch.load(tmp_path / "models_controlnet" / "model.pt", weights_only=True)
+    assert all(torch.equal(trained[f"unet.{k}"], v) for k, v in frozen.items())  # only the ControlNet learned
+    assert any(k.startswith("controlnet.") for k in trained)
+    real = load_dataset(None, image_size=32, num_synthetic=8)
+    for i in range(4):
+        label = np.asarray(Image.open(tmp_path / "gen" / "labels" / "final" / f"pair_{i:06d}.png")) // 255
+        assert np.array_equal(label, real[i]["label"][0])
+
+
 @needs("cxr_lungs", "labels")
 def test_multiclass_label_maps_train_and_generate(tmp_path):
     from tests.shared_data import DATA
