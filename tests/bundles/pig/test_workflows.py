@@ -218,6 +218,37 @@ def test_controlnet_baseline_trains_on_the_frozen_image_model_and_samples_for_re
         assert np.array_equal(label, real[i]["label"][0])
 
 
+def test_ldm_baseline_trains_in_the_frozen_autoencoders_latent_and_samples_for_real_masks(tmp_path):
+    """Table 2's LDM: the autoencoder first, then mask-conditioned diffusion in its latent space with it frozen,
+    then images (decoded, image-sized) for the real training masks through mask_conditioned.json."""
+    import torch
+
+    from common.data import load_dataset
+
+    autoencoder = tmp_path / "models_ldm_autoencoder"
+    small = ("--autoencoder_channels", "[8, 16]")
+    stages = [
+        (["train.json", "ldm_autoencoder.json"], "--ckpt_dir", str(autoencoder), *small),
+        (["train.json", "ldm.json"], "--ckpt_dir", str(tmp_path / "models_ldm"),
+         "--autoencoder_weights", str(autoencoder / "model.pt"), *small),
+        (["inference.json", "mask_conditioned.json"], "--ckpt_dir", str(tmp_path / "models_ldm"),
+         "--num_pairs", "3", "--num_synthetic", "8"),
+    ]  # fmt: skip
+    for configs, *overrides in stages:
+        result = run_overlay(configs, "--output_dir", str(tmp_path / configs[-1].split(".")[0]), *overrides)
+        assert result.returncode == 0, f"{configs}: {result.stderr[-3000:]}"
+    first = torch.load(autoencoder / "model.pt", weights_only=True)
+    second = torch.load(tmp_path / "models_ldm" / "model.pt", weights_only=True)
+    assert all(torch.equal(second[f"autoencoder.{k}"], v) for k, v in first.items())  # the autoencoder stayed frozen
+    assert float(second["scale_factor"]) > 0 and float(second["scale_factor"]) != 1.0
+    generated = tmp_path / "mask_conditioned"
+    real = load_dataset(None, image_size=32, num_synthetic=8)
+    for i in range(3):
+        image = np.asarray(Image.open(generated / f"pair_{i:06d}.png"))
+        label = np.asarray(Image.open(generated / "labels" / "final" / f"pair_{i:06d}.png")) // 255
+        assert image.shape == (32, 32) and np.array_equal(label, real[i]["label"][0])
+
+
 @needs("cxr_lungs", "labels")
 def test_multiclass_label_maps_train_and_generate(tmp_path):
     from tests.shared_data import DATA
