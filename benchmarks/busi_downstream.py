@@ -12,7 +12,8 @@ segmenter see the same n real pairs, never val or test):
      generator: those rows say how many CPU minutes of generator training the pairs need before they help);
   4. train a MONAI UNet (common.evaluation) per condition x --seeds, tested on the test split; besides the paper's
      rows, two levers on real + augmentation + PIG 2x: a quarter of each batch synthetic ('share25'), and the
-     synthetic pairs left unaugmented ('noaugsyn');
+     synthetic pairs left unaugmented ('noaugsyn'); and the Dice filter ('PIG-filtered', eta calibrated on the
+     validation split, see filtered_set);
   5. score each set before any segmenter uses it (pair_quality.json): mask area, components, solidity, compactness,
      image statistics against the real subset's, and the alignment Dice of the real-only segmenter.
 The table pools the subsets: every condition has seeds x subsets runs, compared with 'real' (and the augmentation
@@ -168,6 +169,36 @@ def pair_quality(regime: int, subset: int, work: Path, folders: dict[str, Path],
     return result
 
 
+def filtered_set(subset: int, work: Path, folders: dict[str, Path], args: argparse.Namespace) -> Path | None:
+    """The PIG 4n set through the shared Dice filter (common.filtering, DiffuseExpand's Stage IV) with the real-only
+    segmenter (first seed). eta is calibrated on the VALIDATION split only: the --filter_quantile quantile of that
+    segmenter's Dice loss on the real validation pairs, so a generated pair passes when the segmenter agrees with its
+    mask as well as it does with most real masks. None when the filter keeps fewer than 10 pairs."""
+    out = work / "pig_filtered"
+    report_file = out / "filter_report.json"
+    if not report_file.is_file():
+        import numpy as np
+
+        from common.data import load_dataset
+        from common.evaluation.conditions import load_synthetic
+        from common.evaluation.segmenter import load_segmenter, predict
+        from common.filtering import filter_pairs, hard_dice_loss
+
+        segmenter = load_segmenter(work / "evaluation" / "runs" / f"real__seed{args.seeds[0]}.pt")
+        val = load_dataset(args.dataset_dir, split="val", image_size=64)
+        losses = hard_dice_loss(predict(segmenter, [p["image"] for p in val]), np.stack([p["label"] for p in val]))
+        eta = max(float(np.quantile(losses, args.filter_quantile)), 1e-3)
+        report = filter_pairs(load_synthetic(str(folders["pig"]), 64, 2), segmenter, str(out), eta=eta,
+                              source=str(folders["pig"]))  # fmt: skip
+        report["eta_rule"] = (
+            f"quantile {args.filter_quantile} of the real-only segmenter's Dice loss on the {len(val)} real "
+            f"validation pairs (subset {subset}, seed {args.seeds[0]})"
+        )
+        report_file.write_text(json.dumps(report, indent=2))
+    report = json.loads(report_file.read_text())
+    return out if report["kept"] + report["relabelled"] >= 10 else None
+
+
 def minutes_of_training(work: Path, iterations: int) -> float | None:
     """CPU minutes the generator had trained after ``iterations`` (its loss history's clock)."""
     history = work / "train" / "loss_history.csv"
@@ -281,6 +312,9 @@ def main() -> None:
     parser.add_argument("--checkpoints", type=int, nargs="*", default=[], help="earlier generator iterations to score")
     parser.add_argument("--sampling_steps", type=int, default=None, help="DDIM steps (default: the bundle's sampler)")
     parser.add_argument("--seg_iterations", type=int, default=1000)
+    parser.add_argument("--filter_quantile", type=float, default=0.75,
+                        help="the Dice filter lever: eta = this quantile of the real-only segmenter's Dice loss on "
+                        "the real validation pairs (0: no filter row)")  # fmt: skip
     parser.add_argument("--fid", action="store_true", help="also FID of PIG vs unconditional DDIM (largest regime)")
     parser.add_argument("--fid_images", type=int, default=256)
     args = parser.parse_args()
@@ -314,6 +348,18 @@ def main() -> None:
                 )
             )
             quality[subset] = pair_quality(regime, subset, work, folders, args)
+            filtered = filtered_set(subset, work, folders, args) if args.filter_quantile else None
+            if filtered is not None:  # the filter lever: a second pass trains only the new condition
+                extra = conditions(regime, folders, args.checkpoints)
+                kept = {"real": True, "augment": True, "synthetic": [str(filtered)], "max_synthetic": 2 * regime}
+                extra["real+augment+PIG-filtered"] = kept
+                per_subset[-1] = run_segmentation_evaluation(
+                    real={"dataset_dir": args.dataset_dir}, conditions=extra, seeds=args.seeds,
+                    iterations=args.seg_iterations, output_dir=str(work / "evaluation"), max_pairs=regime,
+                    subset_seed=subset, baseline="real", save_models=True,
+                )  # fmt: skip
+                report = json.loads((filtered / "filter_report.json").read_text())
+                quality[subset]["filter"] = {k: report[k] for k in ("eta", "eta_rule", "total", "kept", "dropped")}
             scored = [*args.checkpoints, args.generator_iterations]
             minutes[subset] = {it: minutes_of_training(work, it) for it in scored}
         result = pooled(per_subset)
