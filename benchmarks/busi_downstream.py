@@ -123,7 +123,6 @@ def conditions(regime: int, folders: dict[str, Path], checkpoints: list[int]) ->
     result = {
         "real": {"real": True, "augment": False, "synthetic": []},
         "real+augment": {"real": True, "augment": True, "synthetic": []},
-        "real+PIG-2x": {"real": True, "augment": False, "synthetic": [pig], "max_synthetic": 2 * regime},
         "real+PIG-4x": {"real": True, "augment": False, "synthetic": [pig], "max_synthetic": 4 * regime},
         "real+maskcond-2x": {"real": True, "augment": False, "synthetic": [masked], "max_synthetic": 2 * regime},
         "real+augment+PIG-2x": {"real": True, "augment": True, "synthetic": [pig], "max_synthetic": 2 * regime},
