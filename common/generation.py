@@ -49,6 +49,12 @@ def pair_noise(indices: list[int], shape: tuple[int, ...], seed: int) -> torch.T
     )
 
 
+def _sampler_name(sampler: Any) -> str:
+    """The sampler's class, also behind a :class:`common.sampling.SamplingInferer` (``inferer.pair_sampler``)."""
+    inferer = getattr(sampler, "__self__", None)
+    return type(getattr(inferer, "sampler", sampler)).__name__
+
+
 def _affine_per_pair(affine: Any) -> Callable[[int], Any]:
     """Pair index -> its affine, from one affine for all pairs or a sequence of one per source pair (None entries:
     no geometry, identity)."""
@@ -127,7 +133,7 @@ def generate_pairs(
         masks, images = sampler(model, mask_noise, image_noise, indices=indices)
         if masks is None:
             raise InputError(
-                f"the sampler {type(sampler).__name__} generates images without masks; it cannot write pairs."
+                f"the sampler {_sampler_name(sampler)} generates images without masks; it cannot write pairs."
             )
         labels = decode_mask(masks).cpu()
         images = images.clamp(-1.0, 1.0).cpu()
@@ -181,4 +187,4 @@ class PairGenerator:
         self.settings = settings
 
     def run(self) -> dict[str, Any]:
-        return generate_pairs(self.network, self.inferer.sampler, indices=self.indices, **self.settings)
+        return generate_pairs(self.network, self.inferer.pair_sampler, indices=self.indices, **self.settings)

@@ -74,6 +74,16 @@ class SamplingInferer(Inferer):
         mask_noise, image_noise = inputs
         return self.sampler(network, mask_noise, image_noise, indices=indices)
 
+    def pair_sampler(
+        self,
+        model: torch.nn.Module,
+        mask_noise: torch.Tensor,
+        image_noise: torch.Tensor,
+        indices: Sequence[int] | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """This inferer in the pair-sampler call (:class:`PairSampler`), as generation drives samplers."""
+        return self((mask_noise, image_noise), model, indices=indices)
+
 
 def scheduler_step(
     scheduler: Any, model_output: torch.Tensor, timestep: torch.Tensor, sample: torch.Tensor

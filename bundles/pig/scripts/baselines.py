@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -29,6 +29,8 @@ from common.schedulers import prediction_type
 from common.training import image_and_mask, noised
 from common.transforms import encode_mask, mask_channels
 
+from .pig import unet_settings
+
 __all__ = [
     "MaskConditionedSampler",
     "UnconditionalSampler",
@@ -43,7 +45,6 @@ __all__ = [
     "LatentMaskDiffusion",
     "build_latent_mask_diffusion",
     "freeze_autoencoder",
-    "LatentMaskPrepareBatch",
 ]
 
 
@@ -121,31 +122,24 @@ def build_mask_controlnet(
     conditioning_channels: Sequence[int] = (16,),
 ) -> MaskControlNet:
     """The unconditional image U-Net of ``configs/unconditional.json`` (same settings) and a ControlNet of the same
-    encoder on the encoded mask; the ControlNet starts as a copy of the U-Net's encoder (its zero convolutions keep
-    the start a no-op)."""
-    shared = {
-        "spatial_dims": 2,
-        "in_channels": image_channels,
-        "channels": tuple(channels),
-        "attention_levels": tuple(attention_levels),
-        "num_res_blocks": num_res_blocks,
-        "num_head_channels": num_head_channels,
-        "norm_num_groups": norm_num_groups,
-        "use_flash_attention": use_flash_attention,
-    }
+    encoder on the encoded mask (:func:`freeze_image_model` loads the U-Net and starts the ControlNet from it)."""
+    shared = unet_settings(
+        image_channels, channels, attention_levels, num_res_blocks, num_head_channels, norm_num_groups,
+        use_flash_attention,
+    )  # fmt: skip
     unet = DiffusionModelUNet(out_channels=image_channels, **shared)
     controlnet = ControlNet(
         conditioning_embedding_in_channels=mask_channels(num_classes),
         conditioning_embedding_num_channels=tuple(conditioning_channels),
         **shared,
     )
-    controlnet.load_state_dict(unet.state_dict(), strict=False)
     return MaskControlNet(unet, controlnet)
 
 
 def freeze_image_model(model: MaskControlNet, weights: str) -> MaskControlNet:
     """Load the trained unconditional image model (``weights``: configs/unconditional.json's model.pt) into the
-    ControlNet baseline's U-Net, freeze it, and start the ControlNet from its encoder: only the ControlNet trains."""
+    ControlNet baseline's U-Net, freeze it, and start the ControlNet as a copy of its encoder (the ControlNet's zero
+    convolutions keep the start a no-op): only the ControlNet trains."""
     load_weights(model.unet, weights)
     model.controlnet.load_state_dict(model.unet.state_dict(), strict=False)
     model.unet.requires_grad_(False)
@@ -153,19 +147,26 @@ def freeze_image_model(model: MaskControlNet, weights: str) -> MaskControlNet:
 
 
 class MaskConditionedPrepareBatch(PrepareBatch):
-    """Batch -> ``(y_t, target, (timesteps, encoded mask), {})`` for a mask-conditioned image model such as
-    :class:`MaskControlNet` (SimpleInferer calls ``network(y_t, timesteps, mask)``); the target follows the
-    scheduler's parameterisation (noise, velocity or sample)."""
+    """Batch -> ``(x_t, target, (timesteps, encoded mask), {})`` for a mask-conditioned model such as
+    :class:`MaskControlNet` (SimpleInferer calls ``network(x_t, timesteps, mask)``); the target follows the
+    scheduler's parameterisation (noise, velocity or sample). ``encode``: where the diffusion runs, e.g. the frozen
+    autoencoder's latent space of :class:`LatentMaskDiffusion` (``model.encode``); None: the image itself."""
 
-    def __init__(self, scheduler: Any, num_classes: int = 2, antithetic: bool = True) -> None:
+    def __init__(
+        self, scheduler: Any, num_classes: int = 2, antithetic: bool = True, encode: Callable | None = None
+    ) -> None:
         self.scheduler = scheduler
         self.num_classes = num_classes
         self.antithetic = antithetic
+        self.encode = encode
 
     def __call__(
         self, batchdata: Mapping[str, torch.Tensor], device=None, non_blocking: bool = False, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
         image, _, mask = image_and_mask(batchdata, device, non_blocking, self.num_classes)
+        if self.encode is not None:
+            with torch.no_grad():
+                image = self.encode(image)
         noisy, noise, timesteps = noised(self.scheduler, image, self.antithetic)
         return noisy, diffusion_target(self.scheduler, image, noise, timesteps), (timesteps, mask), {}
 
@@ -260,11 +261,11 @@ def build_latent_mask_diffusion(
 ) -> LatentMaskDiffusion:
     """The autoencoder of ``configs/ldm_autoencoder.json`` (same settings) and a latent U-Net of PIG's width."""
     autoencoder = build_autoencoder(image_channels, autoencoder_channels, latent_channels, norm_num_groups)
-    unet = DiffusionModelUNet(
-        spatial_dims=2, in_channels=latent_channels + mask_channels(num_classes), out_channels=latent_channels,
-        channels=tuple(channels), attention_levels=tuple(attention_levels), num_res_blocks=num_res_blocks,
-        num_head_channels=num_head_channels, norm_num_groups=norm_num_groups, use_flash_attention=use_flash_attention,
+    settings = unet_settings(
+        latent_channels + mask_channels(num_classes), channels, attention_levels, num_res_blocks, num_head_channels,
+        norm_num_groups, use_flash_attention,
     )  # fmt: skip
+    unet = DiffusionModelUNet(out_channels=latent_channels, **settings)
     return LatentMaskDiffusion(autoencoder, unet)
 
 
@@ -278,23 +279,3 @@ def freeze_autoencoder(model: LatentMaskDiffusion, weights: str, images: Sequenc
             batch = torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in images[:64]])
             model.scale_factor.fill_(1.0 / float(model.autoencoder.encode(batch)[0].std()))
     return model
-
-
-class LatentMaskPrepareBatch(PrepareBatch):
-    """Batch -> ``(z_t, target, (timesteps, encoded mask), {})`` in the frozen autoencoder's latent space for
-    :class:`LatentMaskDiffusion`."""
-
-    def __init__(self, scheduler: Any, model: LatentMaskDiffusion, num_classes: int = 2, antithetic: bool = True):
-        self.scheduler = scheduler
-        self.model = model
-        self.num_classes = num_classes
-        self.antithetic = antithetic
-
-    def __call__(
-        self, batchdata: Mapping[str, torch.Tensor], device=None, non_blocking: bool = False, **kwargs: Any
-    ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
-        image, _, mask = image_and_mask(batchdata, device, non_blocking, self.num_classes)
-        with torch.no_grad():
-            latent = self.model.encode(image)
-        noisy, noise, timesteps = noised(self.scheduler, latent, self.antithetic)
-        return noisy, diffusion_target(self.scheduler, latent, noise, timesteps), (timesteps, mask), {}

@@ -38,6 +38,7 @@ from common.transforms import mask_channels
 __all__ = [
     "PairedDiffusionModel",
     "build_paired_model",
+    "unet_settings",
     "binarize_mask_estimate",
     "PairedDiffusionPrepareBatch",
     "PairedSampler",
@@ -147,6 +148,29 @@ class PairedDiffusionModel(nn.Module):
         return torch.cat([eps_x, eps_y], dim=1)
 
 
+def unet_settings(
+    in_channels: int,
+    channels: Sequence[int],
+    attention_levels: Sequence[bool],
+    num_res_blocks: int,
+    num_head_channels: int,
+    norm_num_groups: int,
+    use_flash_attention: bool,
+) -> dict[str, Any]:
+    """The ``DiffusionModelUNet`` / ``ControlNet`` arguments every network of this bundle shares (PIG's two denoisers
+    and the baselines' U-Nets), from the config keys of the same names."""
+    return {
+        "spatial_dims": 2,
+        "in_channels": in_channels,
+        "channels": tuple(channels),
+        "attention_levels": tuple(attention_levels),
+        "num_res_blocks": num_res_blocks,
+        "num_head_channels": num_head_channels,
+        "norm_num_groups": norm_num_groups,
+        "use_flash_attention": use_flash_attention,
+    }
+
+
 def build_paired_model(
     num_classes: int = 2,
     image_channels: int = 1,
@@ -164,16 +188,10 @@ def build_paired_model(
     ``mask_channels(num_classes) + image_channels`` inputs; ``scheduler`` (the training scheduler) is needed only for
     ``image_condition="guider_x0"`` (its alpha_bar table and parameterisation)."""
     masks = mask_channels(num_classes)
-    unet = {
-        "spatial_dims": 2,
-        "in_channels": masks + image_channels,
-        "channels": tuple(channels),
-        "attention_levels": tuple(attention_levels),
-        "num_res_blocks": num_res_blocks,
-        "num_head_channels": num_head_channels,
-        "norm_num_groups": norm_num_groups,
-        "use_flash_attention": use_flash_attention,
-    }
+    unet = unet_settings(
+        masks + image_channels, channels, attention_levels, num_res_blocks, num_head_channels, norm_num_groups,
+        use_flash_attention,
+    )  # fmt: skip
     return PairedDiffusionModel(
         guider=DiffusionModelUNet(out_channels=masks, **unet),
         image_model=DiffusionModelUNet(out_channels=image_channels, **unet),
